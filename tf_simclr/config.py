@@ -1,0 +1,228 @@
+"""The run configuration: every run.py flag as a typed field, checked once.
+
+run.py turns its absl flags into a `Config`; everything below takes the config
+(or plain arguments picked from it), never FLAGS. The model architecture part is
+written to `model_dir/config.json` so later stages and export rebuild the same
+network without repeating flags.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+TRAIN_MODES = ('pretrain', 'finetune', 'distill')
+MODES = ('train', 'eval', 'train_then_eval')
+OPTIMIZERS = ('lars', 'momentum', 'adam')
+LR_SCALINGS = ('linear', 'sqrt')
+PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
+STRATEGIES = ('default', 'mirrored', 'multi_worker_mirrored', 'tpu')
+PRECISIONS = ('float32', 'bfloat16', 'float16')
+COLOR_JITTER_VERSIONS = ('simclrv1', 'simclrv2')
+
+CONFIG_FILENAME = 'config.json'
+
+# Fields that define the network; saved in model_dir and compared on restore.
+MODEL_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
+                'image_size', 'proj_head_mode', 'num_proj_layers',
+                'proj_out_dim', 'ft_proj_selector', 'batch_norm_decay',
+                'num_classes')
+
+
+class ConfigError(ValueError):
+  """A flag value or combination that cannot run; the message names the flag."""
+
+
+@dataclasses.dataclass
+class Config:
+  """All settings of a run. Field names are run.py's flag names."""
+  # Optimisation.
+  learning_rate: float = 0.3
+  learning_rate_scaling: str = 'linear'
+  warmup_epochs: float = 10.0
+  weight_decay: float = 1e-6
+  optimizer: str = 'lars'
+  momentum: float = 0.9
+  batch_norm_decay: float = 0.9
+  train_batch_size: int = 512
+  train_epochs: int = 100
+  train_steps: int = 0
+  steps_per_loop: int = 0
+  # Evaluation.
+  eval_steps: int = 0
+  eval_batch_size: int = 256
+  eval_split: str = 'validation'
+  eval_name: Optional[str] = None
+  # Checkpoints and export.
+  checkpoint_epochs: int = 1
+  checkpoint_steps: int = 0
+  keep_checkpoint_max: int = 5
+  keep_hub_module_max: int = 1
+  model_dir: Optional[str] = None
+  checkpoint: Optional[str] = None
+  export_dir: Optional[str] = None
+  # Data.
+  dataset: str = 'imagenet2012'
+  data_dir: Optional[str] = None
+  train_split: str = 'train'
+  cache_dataset: bool = False
+  image_size: int = 224
+  color_jitter_strength: float = 1.0
+  color_jitter_version: str = 'simclrv2'
+  use_blur: bool = True
+  label_fraction: float = 1.0
+  label_seed: int = 0
+  unlabeled_split: Optional[str] = None
+  skip_bad_images: bool = False
+  deterministic: bool = False
+  seed: int = 0
+  # Stage.
+  mode: str = 'train'
+  train_mode: str = 'pretrain'
+  lineareval_while_pretraining: bool = True
+  zero_init_logits_layer: bool = False
+  fine_tune_after_block: int = -1
+  teacher_checkpoint: Optional[str] = None
+  distill_temperature: float = 1.0
+  distill_alpha: float = 1.0
+  # Contrastive objective.
+  temperature: float = 0.1
+  hidden_norm: bool = True
+  # Architecture.
+  resnet_depth: int = 50
+  width_multiplier: float = 1.0
+  sk_ratio: float = 0.0
+  se_ratio: float = 0.0
+  proj_head_mode: str = 'nonlinear'
+  proj_out_dim: int = 128
+  num_proj_layers: int = 3
+  ft_proj_selector: int = 0
+  global_bn: bool = True
+  num_classes: int = 0  # 0: taken from the dataset.
+  # Hardware.
+  strategy: str = 'default'
+  use_tpu: bool = False
+  tpu_name: Optional[str] = None
+  tpu_zone: Optional[str] = None
+  gcp_project: Optional[str] = None
+  master: Optional[str] = None
+  num_gpus: int = 0
+  precision: str = 'float32'
+  jit_compile: bool = False
+
+  # ---------------------------------------------------------------- checks
+  def validate(self) -> 'Config':
+    """Raises ConfigError naming the first bad flag; returns self."""
+    def need(condition, message):
+      if not condition:
+        raise ConfigError(message)
+
+    def enum(name, choices):
+      value = getattr(self, name)
+      need(value in choices,
+           f'--{name} must be one of {", ".join(map(str, choices))}, '
+           f'got {value!r}')
+
+    enum('resnet_depth', RESNET_DEPTHS)
+    enum('train_mode', TRAIN_MODES)
+    enum('mode', MODES)
+    enum('optimizer', OPTIMIZERS)
+    enum('learning_rate_scaling', LR_SCALINGS)
+    enum('proj_head_mode', PROJ_HEAD_MODES)
+    enum('strategy', STRATEGIES)
+    enum('precision', PRECISIONS)
+    enum('color_jitter_version', COLOR_JITTER_VERSIONS)
+    for name in ('train_batch_size', 'eval_batch_size', 'image_size',
+                 'proj_out_dim'):
+      need(getattr(self, name) > 0,
+           f'--{name} must be positive, got {getattr(self, name)}')
+    for name in ('train_steps', 'train_epochs', 'eval_steps',
+                 'checkpoint_steps', 'checkpoint_epochs', 'steps_per_loop',
+                 'keep_checkpoint_max', 'keep_hub_module_max', 'num_classes',
+                 'warmup_epochs', 'weight_decay', 'num_gpus'):
+      need(getattr(self, name) >= 0,
+           f'--{name} must be >= 0, got {getattr(self, name)}')
+    need(self.train_steps > 0 or self.train_epochs > 0,
+         '--train_steps or --train_epochs must be positive')
+    need(self.learning_rate >= 0,
+         f'--learning_rate must be >= 0, got {self.learning_rate}')
+    need(self.width_multiplier > 0,
+         f'--width_multiplier must be positive, got {self.width_multiplier}')
+    need(0 <= self.sk_ratio < 1, f'--sk_ratio must be in [0, 1), got {self.sk_ratio}')
+    need(0 <= self.se_ratio < 1, f'--se_ratio must be in [0, 1), got {self.se_ratio}')
+    need(0 < self.batch_norm_decay < 1,
+         f'--batch_norm_decay must be in (0, 1), got {self.batch_norm_decay}')
+    need(0 <= self.momentum < 1, f'--momentum must be in [0, 1), got {self.momentum}')
+    need(self.temperature > 0, f'--temperature must be positive, got {self.temperature}')
+    need(self.distill_temperature > 0,
+         f'--distill_temperature must be positive, got {self.distill_temperature}')
+    need(0 <= self.distill_alpha <= 1,
+         f'--distill_alpha must be in [0, 1], got {self.distill_alpha}')
+    need(0 < self.label_fraction <= 1,
+         f'--label_fraction must be in (0, 1], got {self.label_fraction}')
+    need(self.color_jitter_strength >= 0,
+         f'--color_jitter_strength must be >= 0, got {self.color_jitter_strength}')
+    need(-1 <= self.fine_tune_after_block <= 4,
+         f'--fine_tune_after_block must be in -1..4, got {self.fine_tune_after_block}')
+    need(self.num_proj_layers >= 1 or self.proj_head_mode != 'nonlinear',
+         f'--num_proj_layers must be >= 1, got {self.num_proj_layers}')
+    depth = self.projection_head_depth
+    need(-1 <= self.ft_proj_selector <= depth,
+         f'--ft_proj_selector must be in -1..{depth} (the projection head has '
+         f'{depth} layers with --proj_head_mode={self.proj_head_mode} '
+         f'--num_proj_layers={self.num_proj_layers}), got {self.ft_proj_selector}')
+    need(not (self.train_mode == 'pretrain' and self.fine_tune_after_block >= 0),
+         '--fine_tune_after_block freezes layers for finetuning; pretraining '
+         'needs --fine_tune_after_block=-1')
+    need(not (self.train_mode == 'distill' and not self.teacher_checkpoint),
+         '--train_mode=distill needs --teacher_checkpoint (a finetune model_dir '
+         'or an exported SavedModel)')
+    need(bool(self.model_dir), '--model_dir is required')
+    if self.use_tpu and self.strategy == 'default':
+      self.strategy = 'tpu'
+    return self
+
+  # ---------------------------------------------------------------- derived
+  @property
+  def projection_head_depth(self) -> int:
+    """Number of projection-head layers (N in proj_head_layer_0..N)."""
+    return {'none': 0, 'linear': 1, 'nonlinear': self.num_proj_layers}[
+        self.proj_head_mode]
+
+  def model_kwargs(self) -> dict:
+    """Keyword arguments of tf_simclr.build_model for this config."""
+    kwargs = {name: getattr(self, name) for name in MODEL_FIELDS}
+    kwargs.pop('num_classes')
+    kwargs['global_bn'] = self.global_bn
+    return kwargs
+
+  def architecture(self) -> dict:
+    """What is written to model_dir/config.json."""
+    return {name: getattr(self, name) for name in MODEL_FIELDS}
+
+  def replace(self, **changes) -> 'Config':
+    return dataclasses.replace(self, **changes)
+
+
+def write_architecture(model_dir: str, architecture: dict, extra: dict = None):
+  """Writes model_dir/config.json (architecture plus run information)."""
+  import tensorflow as tf  # Local: keeps config importable without TF.
+  payload = dict(architecture)
+  payload.update(extra or {})
+  tf.io.gfile.makedirs(model_dir)
+  path = os.path.join(model_dir, CONFIG_FILENAME)
+  temporary = path + '.tmp'
+  with tf.io.gfile.GFile(temporary, 'w') as f:
+    json.dump(payload, f, indent=1, sort_keys=True)
+  tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def read_architecture(model_dir: str) -> Optional[dict]:
+  """Reads model_dir/config.json, or None when there is none."""
+  import tensorflow as tf
+  path = os.path.join(model_dir, CONFIG_FILENAME)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
