@@ -36,8 +36,11 @@ class SimCLRModel(tf_keras.Model):
     fine_tune_after_block: -1 trains everything; k in 0..4 freezes the stem and
       block groups up to k (inference-mode BN, no gradient; 4 = the whole
       backbone). Frozen layers are also marked non-trainable.
-    detach_supervised_head: feed the supervised head through stop_gradient
-      (linear evaluation while pretraining).
+    supervised_training: False (pretraining): the supervised head is a linear
+      evaluation fed through stop_gradient and the whole projection head
+      trains. True (finetune, distill): gradients flow from the supervised head
+      into the network, and the projection-head layers after ft_proj_selector,
+      which no loss reaches, are frozen (non-trainable, inference-mode BN).
 
   Example:
     >>> model = build_model(10, resnet_depth=18, width_multiplier=0.125,
@@ -49,7 +52,7 @@ class SimCLRModel(tf_keras.Model):
 
   def __init__(self, backbone, projection_head, supervised_head=None,
                ft_proj_selector=0, fine_tune_after_block=-1,
-               detach_supervised_head=True, **kwargs):
+               supervised_training=False, **kwargs):
     super().__init__(**kwargs)
     self.resnet_model = backbone
     self._projection_head = projection_head
@@ -64,7 +67,7 @@ class SimCLRModel(tf_keras.Model):
       raise ValueError('fine_tune_after_block must be in -1..4, '
                        f'got {fine_tune_after_block}')
     self.fine_tune_after_block = fine_tune_after_block
-    self.detach_supervised_head = detach_supervised_head
+    self.supervised_training = supervised_training
     self._freeze()
 
   @property
@@ -75,17 +78,21 @@ class SimCLRModel(tf_keras.Model):
   def frozen_parts(self):
     return self.fine_tune_after_block + 1
 
+  @property
+  def head_layers_in_use(self):
+    """Projection-head layers that some loss trains."""
+    if self.supervised_training:
+      return self.ft_proj_selector
+    return self._projection_head.depth
+
   def _freeze(self):
-    """Marks the frozen backbone parts and unused head layers non-trainable."""
-    if self.fine_tune_after_block < 0:
-      return
+    """Marks frozen backbone parts and unused head layers non-trainable."""
     parts = ([self.resnet_model.initial_conv_relu_max_pool] +
              [[group] for group in self.resnet_model.block_groups])
     for part in parts[:self.frozen_parts]:
       for layer in part:
         layer.trainable = False
-    # In finetuning only the head layers up to ft_proj_selector feed a loss.
-    for layer in self._projection_head.linear_layers[self.ft_proj_selector:]:
+    for layer in self._projection_head.linear_layers[self.head_layers_in_use:]:
       layer.trainable = False
 
   def call(self, images, training=None):
@@ -93,18 +100,16 @@ class SimCLRModel(tf_keras.Model):
     features = self.resnet_model(images, training=training,
                                  frozen_parts=self.frozen_parts)
     outputs = dict(features)
-    trainable_head_layers = (
-        None if self.fine_tune_after_block < 0 else self.ft_proj_selector)
     hiddens = self._projection_head(features['final_avg_pool'],
                                     training=training,
-                                    trainable_layers=trainable_head_layers)
+                                    trainable_layers=self.head_layers_in_use)
     outputs[PROJ_HEAD_INPUT] = hiddens[0]
     for index, hidden in enumerate(hiddens):
       outputs[proj_head_layer_key(index)] = hidden
     outputs[PROJ_HEAD_OUTPUT] = hiddens[-1]
     if self.has_supervised_head:
       head_input = hiddens[self.ft_proj_selector]
-      if self.detach_supervised_head:
+      if not self.supervised_training:
         head_input = tf.stop_gradient(head_input)
       outputs[LOGITS_SUP] = self.supervised_head(head_input, training=training)
     # Mixed precision computes in half; every output leaves in float32.
@@ -122,7 +127,7 @@ def build_model(num_classes=0, *, resnet_depth=50, width_multiplier=1.0,
                 proj_head_mode='nonlinear', num_proj_layers=3,
                 proj_out_dim=128, ft_proj_selector=0, batch_norm_decay=0.9,
                 global_bn=False, fine_tune_after_block=-1,
-                detach_supervised_head=True, zero_init_logits_layer=False,
+                supervised_training=False, zero_init_logits_layer=False,
                 cifar_stem=None, build=True, **unused_flags):
   """Builds a SimCLR model from run.py flag names.
 
@@ -135,7 +140,7 @@ def build_model(num_classes=0, *, resnet_depth=50, width_multiplier=1.0,
     ft_proj_selector: projection-head layer feeding the supervised head.
     batch_norm_decay, global_bn: batch normalisation.
     fine_tune_after_block: see SimCLRModel.
-    detach_supervised_head: stop_gradient into the supervised head.
+    supervised_training: see SimCLRModel (False: pretraining).
     zero_init_logits_layer: start the supervised head at zero.
     build: create the variables now by calling the model on zeros.
     **unused_flags: other run.py flags, accepted and ignored so a whole flag
@@ -164,7 +169,7 @@ def build_model(num_classes=0, *, resnet_depth=50, width_multiplier=1.0,
   model = SimCLRModel(backbone, projection_head, supervised_head,
                       ft_proj_selector=ft_proj_selector,
                       fine_tune_after_block=fine_tune_after_block,
-                      detach_supervised_head=detach_supervised_head)
+                      supervised_training=supervised_training)
   if build:
     model(tf.zeros([1, image_size, image_size, 3]), training=False)
   return model

@@ -1,0 +1,58 @@
+"""tf.distribute strategy from a name: default, mirrored, multi_worker_mirrored, tpu."""
+
+import tensorflow as tf
+from official.common import distribute_utils
+
+
+def make_strategy(name='default', num_gpus=0, tpu_name=None, tpu_zone=None,
+                  gcp_project=None, devices=None):
+  """Returns the strategy to train under.
+
+  Args:
+    name: 'default' (the default strategy: CPU or one GPU), 'mirrored' (all
+      local GPUs, or `devices`), 'multi_worker_mirrored' (hosts from TF_CONFIG),
+      or 'tpu'.
+    num_gpus: GPUs for 'mirrored' (0: all visible; with none, the CPU).
+    tpu_name, tpu_zone, gcp_project: where the TPU is (name or grpc:// address).
+    devices: explicit device list for 'mirrored' (e.g. logical CPUs in tests).
+  """
+  if name == 'default':
+    return tf.distribute.get_strategy()
+  if name == 'mirrored':
+    if devices:
+      return tf.distribute.MirroredStrategy(devices)
+    if not num_gpus:
+      num_gpus = len(tf.config.list_logical_devices('GPU'))
+    return distribute_utils.get_distribution_strategy('mirrored',
+                                                      num_gpus=num_gpus)
+  if name == 'multi_worker_mirrored':
+    return distribute_utils.get_distribution_strategy('multi_worker_mirrored')
+  if name == 'tpu':
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=tpu_name, zone=tpu_zone, project=gcp_project)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  raise ValueError("strategy must be one of 'default', 'mirrored', "
+                   f"'multi_worker_mirrored', 'tpu', got {name!r}")
+
+
+def is_chief(strategy):
+  """True on the worker that writes checkpoints, summaries and exports."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  task_type, task_id = resolver.task_type, resolver.task_id
+  if task_type in (None, 'chief'):
+    return True
+  has_chief = 'chief' in resolver.cluster_spec().as_dict()
+  return task_type == 'worker' and task_id == 0 and not has_chief
+
+
+def split_cpu_into_logical_devices(count):
+  """Makes `count` logical CPU devices (before TF initialises); for testing
+  MirroredStrategy on one machine."""
+  cpu = tf.config.list_physical_devices('CPU')[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+  return [f'/cpu:{index}' for index in range(count)]

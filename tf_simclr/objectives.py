@@ -1,0 +1,142 @@
+"""Losses: NT-Xent contrastive, supervised cross-entropy, distillation.
+
+All losses compute in float32, whatever the model's compute dtype.
+"""
+
+import tensorflow as tf
+
+# Added to the logits of an example against itself; large enough to zero its
+# softmax weight, and finite so 0 * LARGE_NUM stays 0. Logits are float32 here,
+# so it cannot overflow even when the model runs in float16.
+LARGE_NUM = 1e9
+
+
+def cross_replica_concat(tensor, strategy=None):
+  """Concatenates `tensor` [n, ...] from all replicas along axis 0.
+
+  Written as an all-reduce (SUM) of a zero tensor holding this replica's slice
+  at its position: the gradient of an all-reduce SUM is an all-reduce SUM, so
+  every replica receives the gradient of all replicas' losses with respect to
+  its own slice. Returns `tensor` unchanged outside a multi-replica context.
+
+  Args:
+    tensor: [n, ...] the local values; n must be equal on all replicas.
+    strategy: a tf.distribute.Strategy, or None.
+
+  Returns:
+    [num_replicas * n, ...], replica r's values at rows r*n .. (r+1)*n - 1.
+  """
+  context = tf.distribute.get_replica_context()
+  if strategy is None or context is None or context.num_replicas_in_sync == 1:
+    return tensor
+  num_replicas = context.num_replicas_in_sync
+  replica_id = tf.cast(context.replica_id_in_sync_group, tf.int32)
+  scattered = tf.scatter_nd(
+      indices=[[replica_id]],
+      updates=[tensor],
+      shape=tf.concat([[num_replicas], tf.shape(tensor)], axis=0))
+  gathered = context.all_reduce(tf.distribute.ReduceOp.SUM, scattered)
+  return tf.reshape(gathered, tf.concat([[-1], tf.shape(tensor)[1:]], axis=0))
+
+
+def contrastive_loss(hidden, hidden_norm=True, temperature=0.1, strategy=None):
+  """NT-Xent loss of SimCLR.
+
+  The two views are the two halves of the batch: rows i and i + n of `hidden`
+  are the two views of image i. Each view is contrasted against the other view
+  of its image (the positive) and against both views of every other image of
+  the global batch (negatives from all replicas when `strategy` is given).
+
+  Args:
+    hidden: [2n, d] projections (any float dtype; computed in float32).
+    hidden_norm: l2-normalise `hidden` first (cosine similarity).
+    temperature: softmax temperature.
+    strategy: tf.distribute.Strategy whose replicas supply negatives, or None.
+
+  Returns:
+    loss: scalar, mean cross-entropy of view a plus that of view b (the sum of
+      both directions, as in the reference).
+    logits_ab: [n, N] logits of view a against all N view-b projections of the
+      global batch (N = n · replicas).
+    labels: [n, 2N] one-hot positive indices for [logits_ab, logits_aa].
+  """
+  hidden = tf.cast(hidden, tf.float32)
+  if hidden_norm:
+    hidden = tf.math.l2_normalize(hidden, axis=-1)
+  hidden_a, hidden_b = tf.split(hidden, 2, axis=0)
+  batch_size = tf.shape(hidden_a)[0]
+
+  hidden_a_large = cross_replica_concat(hidden_a, strategy)
+  hidden_b_large = cross_replica_concat(hidden_b, strategy)
+  enlarged_batch_size = tf.shape(hidden_a_large)[0]
+  context = tf.distribute.get_replica_context()
+  replica_id = (tf.cast(context.replica_id_in_sync_group, tf.int32)
+                if strategy is not None and context is not None else 0)
+  positives = tf.range(batch_size) + replica_id * batch_size
+  labels = tf.one_hot(positives, enlarged_batch_size * 2)
+  self_mask = tf.one_hot(positives, enlarged_batch_size)
+
+  logits_aa = tf.matmul(hidden_a, hidden_a_large, transpose_b=True) / temperature
+  logits_aa -= self_mask * LARGE_NUM
+  logits_bb = tf.matmul(hidden_b, hidden_b_large, transpose_b=True) / temperature
+  logits_bb -= self_mask * LARGE_NUM
+  logits_ab = tf.matmul(hidden_a, hidden_b_large, transpose_b=True) / temperature
+  logits_ba = tf.matmul(hidden_b, hidden_a_large, transpose_b=True) / temperature
+
+  loss_a = tf.nn.softmax_cross_entropy_with_logits(
+      labels, tf.concat([logits_ab, logits_aa], axis=1))
+  loss_b = tf.nn.softmax_cross_entropy_with_logits(
+      labels, tf.concat([logits_ba, logits_bb], axis=1))
+  loss = tf.reduce_mean(loss_a) + tf.reduce_mean(loss_b)
+  return loss, logits_ab, labels
+
+
+def contrastive_metrics(logits_ab, labels):
+  """Top-1 accuracy of the positive among view-b candidates, and the entropy
+  of the softmax over them (both scalars)."""
+  enlarged_batch_size = tf.shape(logits_ab)[1]
+  accuracy = tf.reduce_mean(tf.cast(tf.equal(
+      tf.argmax(labels[:, :enlarged_batch_size], axis=1),
+      tf.argmax(logits_ab, axis=1)), tf.float32))
+  probabilities = tf.nn.softmax(logits_ab)
+  entropy = -tf.reduce_mean(tf.reduce_sum(
+      probabilities * tf.math.log(probabilities + 1e-8), axis=-1))
+  return accuracy, entropy
+
+
+def supervised_loss(labels, logits):
+  """Mean softmax cross-entropy. labels: int [n]; logits: [n, classes]."""
+  logits = tf.cast(logits, tf.float32)
+  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      tf.cast(labels, tf.int32), logits))
+
+
+def distillation_loss(student_logits, teacher_logits, temperature=1.0):
+  """Mean over examples of −Σ_y P_T(y|x; τ) log P_S(y|x; τ).
+
+  The teacher's softened distribution is a constant (stop_gradient). No τ²
+  factor is applied, as in SimCLRv2's equation (3); with τ = 1 (the default
+  and the paper's choice) the two conventions agree.
+
+  Args:
+    student_logits: [n, classes].
+    teacher_logits: [n, classes].
+    temperature: τ > 0.
+  """
+  student_logits = tf.cast(student_logits, tf.float32)
+  teacher_logits = tf.cast(teacher_logits, tf.float32)
+  teacher_probabilities = tf.stop_gradient(
+      tf.nn.softmax(teacher_logits / temperature))
+  return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+      teacher_probabilities, student_logits / temperature))
+
+
+def combined_distillation_loss(student_logits, teacher_logits, temperature,
+                               alpha, labeled_logits=None, labels=None):
+  """(1 − α) · CE(labels) + α · distillation; the CE term only when α < 1."""
+  loss = alpha * distillation_loss(student_logits, teacher_logits, temperature)
+  if alpha < 1:
+    if labeled_logits is None or labels is None:
+      raise ValueError('distill_alpha < 1 needs labeled logits and labels')
+    loss += (1 - alpha) * supervised_loss(labels, labeled_logits)
+  return loss

@@ -1,0 +1,502 @@
+"""The training and evaluation loop for every stage, under a tf.distribute strategy.
+
+Sections: setup (data, model, optimizer, checkpoint) · restore · the replica
+step and its objectives · the loop · evaluation. Several steps run inside one
+tf.function call (`steps_per_loop`), so the host is touched once per loop:
+for the progress line, summaries, checkpoints and the NaN check.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import tempfile
+import time
+
+from absl import logging
+import tensorflow as tf
+import tf_keras
+
+from tf_simclr import checkpoints
+from tf_simclr import config as config_lib
+from tf_simclr import data
+from tf_simclr import distribute
+from tf_simclr import model as model_lib
+from tf_simclr import objectives
+from tf_simclr import optim
+from tf_simclr import stages
+from tf_simclr import teacher as teacher_lib
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (NaN loss, preemption); the message says why."""
+
+
+class Preempted(TrainingError):
+  """SIGTERM or SIGINT arrived; a checkpoint of the current step was written."""
+
+  def __init__(self, message, signum):
+    super().__init__(message)
+    self.signum = signum
+
+
+# ---------------------------------------------------------------- objectives
+# Each returns (loss, {metric name: scalar}) for one replica's batch.
+def _contrastive_objective(trainer, outputs, labels, extra):
+  del extra
+  config = trainer.config
+  loss, logits_ab, contrast_labels = objectives.contrastive_loss(
+      outputs[model_lib.PROJ_HEAD_OUTPUT], hidden_norm=config.hidden_norm,
+      temperature=config.temperature, strategy=trainer.strategy)
+  accuracy, entropy = objectives.contrastive_metrics(logits_ab, contrast_labels)
+  logs = {'contrast_loss': loss, 'contrast_acc': accuracy,
+          'contrast_entropy': entropy}
+  if model_lib.LOGITS_SUP in outputs:
+    # Linear evaluation on both views, behind stop_gradient in the model.
+    both_views_labels = tf.concat([labels, labels], axis=0)
+    supervised = objectives.supervised_loss(both_views_labels,
+                                            outputs[model_lib.LOGITS_SUP])
+    loss += supervised
+    logs['supervised_loss'] = supervised
+    logs['supervised_acc'] = _accuracy(both_views_labels,
+                                       outputs[model_lib.LOGITS_SUP])
+  return loss, logs
+
+
+def _supervised_objective(trainer, outputs, labels, extra):
+  del trainer, extra
+  logits = outputs[model_lib.LOGITS_SUP]
+  loss = objectives.supervised_loss(labels, logits)
+  return loss, {'supervised_loss': loss,
+                'supervised_acc': _accuracy(labels, logits)}
+
+
+def _distill_objective(trainer, outputs, labels, extra):
+  """extra: teacher_logits [n, C] for the first n (unlabeled) rows, and
+  num_labeled: how many rows at the end are labeled (α < 1)."""
+  config = trainer.config
+  logits = outputs[model_lib.LOGITS_SUP]
+  teacher_logits = extra['teacher_logits']
+  num_unlabeled = tf.shape(teacher_logits)[0]
+  student_logits = logits[:num_unlabeled]
+  distill = objectives.distillation_loss(student_logits, teacher_logits,
+                                         config.distill_temperature)
+  loss = config.distill_alpha * distill
+  logs = {'distill_loss': distill,
+          'teacher_agreement': tf.reduce_mean(tf.cast(tf.equal(
+              tf.argmax(student_logits, -1), tf.argmax(teacher_logits, -1)),
+                                                      tf.float32))}
+  if config.distill_alpha < 1:
+    labeled_logits = logits[num_unlabeled:]
+    supervised = objectives.supervised_loss(labels, labeled_logits)
+    loss += (1 - config.distill_alpha) * supervised
+    logs['supervised_loss'] = supervised
+    logs['supervised_acc'] = _accuracy(labels, labeled_logits)
+  return loss, logs
+
+
+OBJECTIVES = {
+    'contrastive': _contrastive_objective,
+    'supervised': _supervised_objective,
+    'distill': _distill_objective,
+}
+
+
+def _accuracy(labels, logits):
+  return tf.reduce_mean(tf.cast(tf.equal(
+      tf.cast(labels, tf.int64), tf.argmax(logits, -1)), tf.float32))
+
+
+def _set_precision(precision):
+  policy = {'float32': 'float32', 'bfloat16': 'mixed_bfloat16',
+            'float16': 'mixed_float16'}[precision]
+  tf_keras.mixed_precision.set_global_policy(policy)
+
+
+# ---------------------------------------------------------------- trainer
+class Trainer:
+  """One stage of SimCLRv2 on one model_dir.
+
+  Args:
+    config: a validated config.Config.
+    strategy: the tf.distribute strategy to run under.
+  """
+
+  def __init__(self, config, strategy):
+    self.config = config
+    self.strategy = strategy
+    self.stage = stages.STAGES[config.train_mode]
+    self.is_chief = distribute.is_chief(strategy)
+    self.info = data.get_info(config.dataset, config.data_dir)
+    self.num_classes = config.num_classes or self.info.num_classes
+    self.architecture = dict(config.architecture(),
+                             num_classes=self.num_classes)
+    self.teacher = None
+    self._stop_signal = None
+
+    self.train_input = self._input_config(
+        split=config.train_split, augmentation=self.stage.augmentation,
+        batch_size=config.train_batch_size, subset=self.stage.train_subset,
+        is_training=True)
+    if config.train_mode == 'distill' and config.unlabeled_split:
+      self.train_input = self._replace_input(
+          self.train_input, split=config.unlabeled_split, subset='all')
+    self.labeled_input = None
+    if config.train_mode == 'distill' and config.distill_alpha < 1:
+      self.labeled_input = self._input_config(
+          split=config.train_split, augmentation='finetune',
+          batch_size=config.train_batch_size, subset='labeled',
+          is_training=True)
+    self.num_train_examples = data.num_examples(self.train_input)
+    self.total_steps = optim.total_train_steps(
+        config.train_steps, config.train_epochs, self.num_train_examples,
+        config.train_batch_size)
+    steps_per_epoch = max(
+        1, self.num_train_examples // config.train_batch_size)
+    self.checkpoint_interval = config.checkpoint_steps or max(
+        1, config.checkpoint_epochs * steps_per_epoch)
+    self.steps_per_loop = config.steps_per_loop or min(
+        self.checkpoint_interval, 100)
+
+    _set_precision(config.precision)
+    with strategy.scope():
+      self.model = model_lib.build_model(
+          self.num_classes if self._wants_supervised_head() else 0,
+          **config.model_kwargs(),
+          fine_tune_after_block=(config.fine_tune_after_block
+                                 if self.stage.freezes_blocks else -1),
+          supervised_training=self.stage.supervised_training,
+          zero_init_logits_layer=config.zero_init_logits_layer)
+      peak = optim.scaled_learning_rate(config.learning_rate,
+                                        config.train_batch_size,
+                                        config.learning_rate_scaling)
+      warmup = optim.steps_from_epochs(config.warmup_epochs,
+                                       self.num_train_examples,
+                                       config.train_batch_size)
+      self.learning_rate = optim.WarmUpAndCosineDecay(peak, warmup,
+                                                      self.total_steps)
+      self.optimizer = optim.build_optimizer(
+          config.optimizer, self.learning_rate, self.model,
+          momentum=config.momentum, weight_decay=config.weight_decay)
+      if config.precision == 'float16':
+        self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(
+            self.optimizer)
+      self.global_step = self.optimizer.iterations
+      self.checkpoint = tf.train.Checkpoint(
+          model=self.model, optimizer=self.optimizer,
+          global_step=self.global_step)
+      self.metrics = {}
+      # First step whose loss or gradients were not finite (-1: none yet).
+      self.nonfinite_step = tf.Variable(
+          -1, dtype=tf.int64, trainable=False,
+          synchronization=tf.VariableSynchronization.ON_WRITE,
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      if config.train_mode == 'distill':
+        self.teacher = teacher_lib.load_teacher(config.teacher_checkpoint,
+                                                self.num_classes)
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, directory=self._checkpoint_dir(),
+        max_to_keep=config.keep_checkpoint_max, step_counter=self.global_step)
+
+  # -------------------------------------------------------------- inputs
+  def _input_config(self, **kwargs):
+    config = self.config
+    return data.InputConfig(
+        dataset=config.dataset, data_dir=config.data_dir,
+        image_size=config.image_size,
+        color_jitter_strength=config.color_jitter_strength,
+        color_jitter_version=config.color_jitter_version,
+        use_blur=config.use_blur, label_fraction=config.label_fraction,
+        label_seed=config.label_seed, cache=config.cache_dataset,
+        deterministic=config.deterministic, seed=config.seed,
+        skip_bad_images=config.skip_bad_images, **kwargs)
+
+  @staticmethod
+  def _replace_input(input_config, **changes):
+    return dataclasses.replace(input_config, **changes)
+
+  def _wants_supervised_head(self):
+    return (self.stage.supervised_training or
+            self.config.lineareval_while_pretraining)
+
+  def _checkpoint_dir(self):
+    """model_dir on the chief; a throw-away directory on other workers
+    (MultiWorkerMirroredStrategy needs every worker to take part in a save)."""
+    if self.is_chief:
+      return self.config.model_dir
+    return tempfile.mkdtemp(prefix='tf_simclr_worker_')
+
+  # -------------------------------------------------------------- restore
+  def restore(self):
+    """Resume from model_dir > start from --checkpoint > scratch. Returns
+    a word saying which."""
+    checkpoints.check_architecture(self.config.model_dir, self.architecture)
+    latest = checkpoints.latest_checkpoint(self.config.model_dir)
+    if latest:
+      self.checkpoint.restore(latest).expect_partial()
+      logging.info('Resuming from %s at step %d', latest,
+                   int(self.global_step.numpy()))
+      return 'resumed'
+    if self.config.checkpoint:
+      prefix = checkpoints.restore_initial_weights(
+          self.model, self.config.checkpoint, include_supervised_head=False)
+      logging.info('Starting from the weights of %s', prefix)
+      return 'initialised'
+    if self.stage.needs_initial_weights:
+      raise config_lib.ConfigError(
+          f'--train_mode={self.stage.name} needs --checkpoint (a pretrain '
+          f'model_dir or checkpoint) when --model_dir has no checkpoint')
+    return 'scratch'
+
+  # -------------------------------------------------------------- step
+  def _metric(self, name):
+    if name not in self.metrics:
+      with self.strategy.scope():
+        self.metrics[name] = tf_keras.metrics.Mean(name)
+    return self.metrics[name]
+
+  def _replica_step(self, batch, labeled_batch=None):
+    images, labels = batch
+    extra = {}
+    if self.stage.views > 1:
+      # [b, H, W, 3·V] -> [V·b, H, W, 3]: view v of every image, then v + 1.
+      images = tf.concat(tf.split(images, self.stage.views, axis=-1), axis=0)
+    if self.teacher is not None:
+      extra['teacher_logits'] = tf.stop_gradient(self.teacher(images))
+    if labeled_batch is not None:
+      images = tf.concat([images, labeled_batch[0]], axis=0)
+      labels = labeled_batch[1]
+    variables = self.model.trainable_variables
+    with tf.GradientTape() as tape:
+      outputs = self.model(images, training=True)
+      loss, logs = OBJECTIVES[self.stage.objective](self, outputs, labels,
+                                                    extra)
+      weight_decay = optim.weight_decay_loss(
+          self.model, self.config.optimizer, self.config.weight_decay)
+      loss += weight_decay
+      # Gradients are summed over replicas: average by scaling the loss.
+      scaled_loss = loss / self.strategy.num_replicas_in_sync
+      if isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+        scaled_loss = self.optimizer.get_scaled_loss(scaled_loss)
+    gradients = tape.gradient(scaled_loss, variables)
+    if isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+      gradients = self.optimizer.get_unscaled_gradients(gradients)
+    pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+    finite = tf.math.is_finite(loss)
+    if pairs:
+      finite = tf.logical_and(finite, tf.math.is_finite(
+          tf.linalg.global_norm([g for g, _ in pairs])))
+    step = self.global_step + 0
+    self.optimizer.apply_gradients(pairs)
+    self.nonfinite_step.assign(tf.where(
+        tf.logical_and(tf.logical_not(finite), self.nonfinite_step < 0),
+        step, self.nonfinite_step))
+    logs.update(total_loss=loss, weight_decay=weight_decay)
+    for name, value in logs.items():
+      self._metric(name).update_state(value)
+
+  def _make_train_loop(self):
+    """One tf.function running `num_steps` steps (a tensor: no retrace)."""
+    step_fn = tf.function(self._replica_step,
+                          jit_compile=self.config.jit_compile or None)
+    strategy = self.strategy
+
+    @tf.function
+    def train_loop(iterators, num_steps):
+      for _ in tf.range(num_steps):
+        batches = [next(iterator) for iterator in iterators]
+        strategy.run(step_fn, args=tuple(batches))
+
+    return train_loop
+
+  # -------------------------------------------------------------- loop
+  def _install_signal_handlers(self):
+    def handler(signum, frame):
+      del frame
+      self._stop_signal = signum
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      try:
+        signal.signal(signum, handler)
+      except ValueError:  # Not the main thread.
+        pass
+
+  def train(self):
+    """Trains to `total_steps`, checkpointing; returns the last metrics."""
+    config = self.config
+    if self.is_chief:
+      config_lib.write_architecture(config.model_dir, self.architecture, {
+          'train_mode': config.train_mode, 'dataset': config.dataset,
+          'class_names': list(self.info.class_names)})
+    how = self.restore()
+    # Create every metric (and the optimizer slots) before the first trace.
+    datasets = [data.build_distributed_dataset(self.strategy, self.train_input)]
+    if self.labeled_input is not None:
+      datasets.append(data.build_distributed_dataset(self.strategy,
+                                                     self.labeled_input))
+    iterators = [iter(dataset) for dataset in datasets]
+    train_loop = self._make_train_loop()
+    writer = (tf.summary.create_file_writer(config.model_dir)
+              if self.is_chief else tf.summary.create_noop_writer())
+    self._install_signal_handlers()
+
+    step = int(self.global_step.numpy())
+    logging.info('%s: %s at step %d of %d (%d examples, global batch %d, '
+                 '%d replicas)', config.train_mode, how, step,
+                 self.total_steps, self.num_train_examples,
+                 config.train_batch_size, self.strategy.num_replicas_in_sync)
+    if self.is_chief and step == 0:
+      self._write_augmented_views(writer)
+    results = {}
+    started = time.time()
+    first_step = step
+    while step < self.total_steps:
+      until_checkpoint = self.checkpoint_interval - step % self.checkpoint_interval
+      num_steps = min(self.steps_per_loop, self.total_steps - step,
+                      until_checkpoint)
+      loop_started = time.time()
+      train_loop(iterators, tf.constant(num_steps))
+      bad_step = int(self.nonfinite_step.numpy())
+      if bad_step >= 0:
+        raise TrainingError(
+            f'loss or gradients became NaN/Inf at step {bad_step + 1}; '
+            f'stopped without saving, last good checkpoint: '
+            f'{self.manager.latest_checkpoint or "none"}')
+      step = int(self.global_step.numpy())
+      elapsed = time.time() - loop_started
+      results = {name: float(metric.result())
+                 for name, metric in self.metrics.items()}
+      results['learning_rate'] = float(self.learning_rate(step))
+      results['images_per_sec'] = (
+          num_steps * config.train_batch_size / max(elapsed, 1e-9))
+      self._log_progress(step, results, started, first_step)
+      with writer.as_default(step=step):
+        for name, value in results.items():
+          tf.summary.scalar(f'train/{name}', value)
+      for metric in self.metrics.values():
+        metric.reset_state()
+      if step % self.checkpoint_interval == 0 or step >= self.total_steps:
+        self.manager.save(checkpoint_number=step)
+      if self._stop_signal is not None:
+        path = self.manager.save(checkpoint_number=step)
+        raise Preempted(
+            f'stopped by {signal.Signals(self._stop_signal).name} at step '
+            f'{step}; checkpoint {path} written; run the same command to '
+            f'resume', self._stop_signal)
+    writer.flush()
+    results['global_step'] = step
+    return results
+
+  def _log_progress(self, step, results, started, first_step):
+    done = step - first_step
+    seconds = time.time() - started
+    eta = (self.total_steps - step) * seconds / max(done, 1)
+    shown = ' '.join(f'{name}={results[name]:.4g}' for name in (
+        'total_loss', 'contrast_acc', 'supervised_acc', 'distill_loss',
+        'teacher_agreement', 'learning_rate') if name in results)
+    logging.info('step %d/%d %s images/s=%.1f eta=%s', step, self.total_steps,
+                 shown, results['images_per_sec'],
+                 time.strftime('%H:%M:%S', time.gmtime(eta)))
+
+  def _write_augmented_views(self, writer, count=3):
+    """A few training views into TensorBoard (the first images of a batch)."""
+    sample = self._replace_input(self.train_input, batch_size=count,
+                                 cache=False)
+    images, _ = next(iter(data.build_dataset(sample)))
+    views = tf.split(images, self.stage.views, axis=-1)
+    with writer.as_default(step=0):
+      for index, view in enumerate(views):
+        tf.summary.image(f'augmented_view_{index + 1}', view, max_outputs=count)
+
+  # -------------------------------------------------------------- eval
+  def evaluate(self, checkpoint_path=None, require_checkpoint=False):
+    """Top-1 / top-5 of the supervised head on --eval_split; writes
+    result.json. Returns the result dict, or None without a supervised head.
+
+    Args:
+      checkpoint_path: weights to evaluate (default: model_dir's latest).
+      require_checkpoint: raise CheckpointError when there is none.
+    """
+    config = self.config
+    if not self.model.has_supervised_head:
+      logging.info('No supervised head (pretraining without linear eval): '
+                   'skipping evaluation.')
+      return None
+    if checkpoint_path is None:
+      checkpoint_path = checkpoints.latest_checkpoint(config.model_dir)
+    if require_checkpoint and not checkpoint_path:
+      raise checkpoints.CheckpointError(
+          f'no checkpoint to evaluate in {config.model_dir}')
+    if checkpoint_path:
+      tf.train.Checkpoint(model=self.model,
+                          global_step=self.global_step).read(
+                              checkpoint_path).expect_partial()
+    eval_input = self._input_config(
+        split=config.eval_split, augmentation='eval',
+        batch_size=config.eval_batch_size, subset='all', is_training=False)
+    eval_input = self._replace_input(eval_input, label_fraction=1.0)
+    dataset = data.build_distributed_dataset(self.strategy, eval_input)
+    top_k = min(5, self.num_classes)
+    with self.strategy.scope():
+      top_1 = tf_keras.metrics.SparseCategoricalAccuracy('top_1')
+      top_5 = tf_keras.metrics.SparseTopKCategoricalAccuracy(top_k, 'top_5')
+      agreement = tf_keras.metrics.Mean('teacher_agreement')
+      count = tf_keras.metrics.Sum('count')
+    model, teacher, strategy = self.model, self.teacher, self.strategy
+
+    def replica_eval(images, labels):
+      logits = model(images, training=False)[model_lib.LOGITS_SUP]
+      top_1.update_state(labels, logits)
+      top_5.update_state(labels, logits)
+      count.update_state(tf.cast(tf.shape(labels)[0], tf.float32))
+      if teacher is not None:
+        agreement.update_state(tf.cast(tf.equal(
+            tf.argmax(logits, -1), tf.argmax(teacher(images), -1)), tf.float32))
+
+    @tf.function
+    def eval_loop(iterator, num_steps):
+      for _ in tf.range(num_steps):
+        images, labels = next(iterator)
+        strategy.run(replica_eval, args=(images, labels))
+
+    @tf.function
+    def eval_all(dataset):
+      for images, labels in dataset:
+        strategy.run(replica_eval, args=(images, labels))
+
+    if config.eval_steps:
+      eval_loop(iter(dataset), tf.constant(config.eval_steps))
+    else:
+      eval_all(dataset)
+    result = {
+        'label_top_1_accuracy': float(top_1.result()),
+        'label_top_5_accuracy': float(top_5.result()),
+        'num_examples': int(count.result()),
+        'global_step': int(self.global_step.numpy()),
+        'eval_split': config.eval_split,
+        'train_mode': config.train_mode,
+    }
+    if teacher is not None:
+      result['teacher_agreement'] = float(agreement.result())
+    logging.info('eval on %s: top-1 %.4f top-5 %.4f (%d examples, step %d)',
+                 config.eval_split, result['label_top_1_accuracy'],
+                 result['label_top_5_accuracy'], result['num_examples'],
+                 result['global_step'])
+    if self.is_chief:
+      name = f'result_{config.eval_name}' if config.eval_name else 'result'
+      _write_json(os.path.join(config.model_dir, name + '.json'), result)
+      writer = tf.summary.create_file_writer(config.model_dir)
+      with writer.as_default(step=result['global_step']):
+        tf.summary.scalar('eval/label_top_1_accuracy',
+                          result['label_top_1_accuracy'])
+        tf.summary.scalar('eval/label_top_5_accuracy',
+                          result['label_top_5_accuracy'])
+      writer.flush()
+    return result
+
+
+def _write_json(path, payload):
+  temporary = path + '.tmp'
+  with tf.io.gfile.GFile(temporary, 'w') as f:
+    json.dump(payload, f, indent=1, sort_keys=True)
+  tf.io.gfile.rename(temporary, path, overwrite=True)
+
