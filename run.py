@@ -8,17 +8,21 @@ and meaning, plus this project's (strategy, distillation, data, precision).
     --resnet_depth=18 --width_multiplier=0.25 --train_batch_size=128 \
     --train_steps=200 --learning_rate=1.0 --model_dir=/tmp/simclr_pretrain
 
-Exit status: 0 done; 2 bad flags or input (one line on stderr saying which);
-1 training failed (NaN/Inf; the last good checkpoint is kept); 143 / 130 when
-stopped by SIGTERM / SIGINT after writing a checkpoint of the current step.
+Exit status: 0 done; 2 bad flags or input (one line on stderr saying which;
+flags, paths and the architecture saved in --model_dir or next to
+--checkpoint are checked before TensorFlow loads); 1 training failed (NaN/Inf,
+or a checkpoint could not be written; earlier checkpoints are kept); 143 / 130
+when stopped by SIGTERM / SIGINT after writing a checkpoint of the current
+step (the same command resumes there).
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -99,9 +103,24 @@ flags.DEFINE_bool('export', True, 'Export hub modules and a serving SavedModel a
 flags.DEFINE_string('show_augmentations', None, 'Write a PNG grid of images and their two augmented views to this path, then exit.')
 
 
+def _config_module():
+  """tf_simclr.config, loaded without running tf_simclr/__init__.py (which
+  imports the model, hence TensorFlow): flag errors then answer in about a
+  second. Registered under its own name, so later imports share it."""
+  name = 'tf_simclr.config'
+  if name not in sys.modules:
+    package = importlib.util.find_spec('tf_simclr')
+    path = os.path.join(package.submodule_search_locations[0], 'config.py')
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+  return sys.modules[name]
+
+
 def config_from_flags():
   """The validated Config for the parsed flags."""
-  from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib = _config_module()
   values = {field.name: FLAGS[field.name].value
             for field in dataclasses.fields(config_lib.Config)
             if field.name in FLAGS}
@@ -113,6 +132,11 @@ def config_from_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.show_augmentations:
+    # Flags, paths and saved architectures are checked before TensorFlow
+    # loads: a mistake is reported in about a second.
+    config = config_from_flags()
+    _config_module().check_paths(config)
   # Imported here so `--help` and flag errors answer without loading TF.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
@@ -128,7 +152,6 @@ def main(argv):
         use_blur=FLAGS.use_blur, split=FLAGS.train_split)
     print(f'wrote {FLAGS.show_augmentations}')
     return
-  config = config_from_flags()
   devices = None
   if config.strategy == 'mirrored' and FLAGS.cpu_replicas:
     devices = distribute.split_cpu_into_logical_devices(FLAGS.cpu_replicas)
@@ -171,6 +194,9 @@ def run(argv):
   try:
     main(argv)
   except Exception as error:  # pylint: disable=broad-except
+    if isinstance(error, _config_module().ConfigError):  # Answered before TF loads.
+      print(f'run.py: error: {error}', file=sys.stderr)
+      sys.exit(2)
     from tf_simclr import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
     if isinstance(error, _user_errors()):
       print(f'run.py: error: {error}', file=sys.stderr)

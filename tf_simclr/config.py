@@ -205,6 +205,41 @@ class Config:
     return dataclasses.replace(self, **changes)
 
 
+# ---------------------------------------------------------------- files
+# Local paths are handled with os (no TensorFlow import: flag errors answer in
+# a second); URLs (gs://...) go through tf.io.gfile.
+def _is_url(path: str) -> bool:
+  return '://' in path
+
+
+def _exists(path: str) -> bool:
+  if _is_url(path):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.io.gfile.exists(path)
+  return os.path.exists(path)
+
+
+def _isdir(path: str) -> bool:
+  if _is_url(path):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.io.gfile.isdir(path)
+  return os.path.isdir(path)
+
+
+def _read_text(path: str) -> str:
+  if _is_url(path):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    with tf.io.gfile.GFile(path) as f:
+      return f.read()
+  with open(path) as f:
+    return f.read()
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip() or type(error).__name__
+  return text.splitlines()[0]
+
+
 def write_architecture(model_dir: str, architecture: dict, extra: dict = None):
   """Writes model_dir/config.json (architecture plus run information)."""
   import tensorflow as tf  # Local: keeps config importable without TF.
@@ -220,9 +255,125 @@ def write_architecture(model_dir: str, architecture: dict, extra: dict = None):
 
 def read_architecture(model_dir: str) -> Optional[dict]:
   """Reads model_dir/config.json, or None when there is none."""
-  import tensorflow as tf
   path = os.path.join(model_dir, CONFIG_FILENAME)
-  if not tf.io.gfile.exists(path):
+  if not _exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  try:
+    return json.loads(_read_text(path))
+  except (OSError, ValueError) as error:
+    raise ConfigError(f'cannot read {path}: {_first_line(error)}') from error
+
+
+# ---------------------------------------------------------------- preflight
+# Fields that decide the backbone's variables: a --checkpoint must match them.
+BACKBONE_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio')
+
+
+def architecture_differences(saved: dict, wanted: dict, names) -> list:
+  """'name=saved (flags: wanted)' for each of `names` that differs."""
+  def same(a, b):
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+      return float(a) == float(b)
+    return a == b
+  return [f'{name}={saved[name]!r} (flags: {wanted[name]!r})'
+          for name in names
+          if name in saved and name in wanted and not same(saved[name],
+                                                           wanted[name])]
+
+
+def has_checkpoint(model_dir: str) -> bool:
+  """True when model_dir has a checkpoint state file (TF's 'checkpoint')
+  or any ckpt-N.index: a run there would resume rather than start."""
+  if not model_dir or not _isdir(model_dir):
+    return False
+  if _exists(os.path.join(model_dir, 'checkpoint')):
+    return True
+  if _is_url(model_dir):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return bool(tf.io.gfile.glob(os.path.join(model_dir, 'ckpt-*.index')))
+  return any(name.startswith('ckpt-') and name.endswith('.index')
+             for name in os.listdir(model_dir))
+
+
+def _checkpoint_exists(path: str) -> bool:
+  return _exists(path + '.index') or _isdir(path)
+
+
+def _checkpoint_architecture(path: str) -> Optional[dict]:
+  """config.json of the model_dir a --checkpoint path belongs to, if any."""
+  directory = path if _isdir(path) else os.path.dirname(path)
+  if not directory:
+    directory = '.'
+  return read_architecture(directory)
+
+
+def check_model_dir_writable(model_dir: str):
+  """Creates model_dir and writes and removes a probe file there; raises
+  ConfigError saying why when that fails (read-only, a file in the way, ...)."""
+  probe = os.path.join(model_dir, f'.write_probe_{os.getpid()}')
+  try:
+    if _is_url(model_dir):
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+      tf.io.gfile.makedirs(model_dir)
+      with tf.io.gfile.GFile(probe, 'w') as f:
+        f.write('probe')
+      tf.io.gfile.remove(probe)
+    else:
+      os.makedirs(model_dir, exist_ok=True)
+      with open(probe, 'w') as f:
+        f.write('probe')
+        f.flush()
+        os.fsync(f.fileno())
+      os.remove(probe)
+  except Exception as error:  # pylint: disable=broad-except
+    raise ConfigError(f'--model_dir {model_dir} is not writable: '
+                      f'{_first_line(error)}') from error
+
+
+def check_paths(config: 'Config'):
+  """The checks that read the file system, before any TensorFlow work:
+  model_dir writable; --checkpoint and --teacher_checkpoint exist; the
+  architecture saved in model_dir and next to --checkpoint matches the flags;
+  a stage or mode that needs weights has some. Raises ConfigError."""
+  model_dir = config.model_dir
+  check_model_dir_writable(model_dir)
+  resumes = has_checkpoint(model_dir)
+  saved = read_architecture(model_dir)
+  if saved is not None:
+    names = [name for name in MODEL_FIELDS
+             if not (name == 'num_classes' and not config.num_classes)]
+    differences = architecture_differences(saved, config.architecture(), names)
+    if differences:
+      raise ConfigError(
+          f'--model_dir {model_dir} holds a model with ' +
+          ', '.join(differences) + '; use the same flags or another --model_dir')
+  if config.checkpoint:
+    if not _checkpoint_exists(config.checkpoint):
+      raise ConfigError(f'--checkpoint {config.checkpoint} does not exist '
+                        '(expected a checkpoint prefix with a .index file, a '
+                        'model_dir or a SavedModel directory)')
+    source = _checkpoint_architecture(config.checkpoint)
+    if source is not None:
+      wanted = config.architecture()
+      saved_source = dict(source)
+      if 'image_size' in source:  # Only the stem depends on it (<= 32: CIFAR).
+        saved_source['cifar_stem'] = source['image_size'] <= 32
+        wanted['cifar_stem'] = config.image_size <= 32
+      differences = architecture_differences(
+          saved_source, wanted, BACKBONE_FIELDS + ('cifar_stem',))
+      if differences:
+        raise ConfigError(
+            f'--checkpoint {config.checkpoint} holds a model with ' +
+            ', '.join(differences) + '; use the flags it was trained with')
+  if config.train_mode == 'distill' and not _checkpoint_exists(
+      config.teacher_checkpoint):
+    raise ConfigError(f'--teacher_checkpoint {config.teacher_checkpoint} does '
+                      'not exist')
+  if (config.train_mode == 'finetune' and config.mode != 'eval' and
+      not config.checkpoint and not resumes):
+    raise ConfigError(
+        '--train_mode=finetune needs --checkpoint (a pretrain model_dir or '
+        f'checkpoint) when --model_dir {model_dir} has no checkpoint')
+  if config.mode == 'eval' and not resumes:
+    raise ConfigError(f'--mode=eval needs a checkpoint in --model_dir '
+                      f'{model_dir}, and it has none')

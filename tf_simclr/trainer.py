@@ -4,6 +4,24 @@ Sections: setup (data, model, optimizer, checkpoint) · restore · the replica
 step and its objectives · the loop · evaluation. Several steps run inside one
 tf.function call (`steps_per_loop`), so the host is touched once per loop:
 for the progress line, summaries, checkpoints and the NaN check.
+
+Reliability (tests/test_faults.py shows each):
+- SIGTERM / SIGINT set a flag. The loop call runs in a helper thread, so the
+  main thread sees the signal at once and raises a stop variable that the
+  in-graph loop checks before every step: the call ends after the step in
+  flight, however large steps_per_loop is. Then a checkpoint of that step is
+  written and Preempted is raised (run.py exits 128 + signal number). A signal
+  during a checkpoint write only sets the flag: the write completes first.
+- A step whose loss or gradients are not finite stops the loop at once;
+  TrainingError names it and nothing is saved. Weights are checked finite
+  before every save too, so no checkpoint ever holds a NaN or Inf.
+- A save that fails (disk full, permissions) removes its partial files and
+  raises TrainingError; earlier checkpoints are untouched.
+- Resuming takes the newest checkpoint that verifies and falls back to the one
+  before with a warning (checkpoints.restore_latest). With --deterministic,
+  the input pipeline replays and skips the batches already trained on, so an
+  interrupted and resumed run ends with the same weights as an uninterrupted
+  one (without it, the resumed run draws a fresh shuffle).
 """
 
 import dataclasses
@@ -11,6 +29,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 import time
 
 from absl import logging
@@ -133,6 +152,9 @@ class Trainer:
                              num_classes=self.num_classes)
     self.teacher = None
     self._stop_signal = None
+    self._stop_raised = False
+    self._last_saved_step = None
+    self._all_finite = None
 
     self.train_input = self._input_config(
         split=config.train_split, augmentation=self.stage.augmentation,
@@ -185,7 +207,8 @@ class Trainer:
       self.checkpoint = tf.train.Checkpoint(
           model=self.model, optimizer=self.optimizer,
           global_step=self.global_step)
-      self.metrics = {}
+      self.metrics = {name: tf_keras.metrics.Mean(name)
+                      for name in self._metric_names()}
       # First step whose loss or gradients were not finite (-1: none yet).
       self.nonfinite_step = tf.Variable(
           -1, dtype=tf.int64, trainable=False,
@@ -194,6 +217,9 @@ class Trainer:
       if config.train_mode == 'distill':
         self.teacher = teacher_lib.load_teacher(config.teacher_checkpoint,
                                                 self.num_classes)
+    # Raised by the main thread on SIGTERM/SIGINT; read before every step.
+    self.stop_requested = tf.Variable(False, trainable=False,
+                                      name='stop_requested')
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, directory=self._checkpoint_dir(),
         max_to_keep=config.keep_checkpoint_max, step_counter=self.global_step)
@@ -231,11 +257,11 @@ class Trainer:
     """Resume from model_dir > start from --checkpoint > scratch. Returns
     a word saying which."""
     checkpoints.check_architecture(self.config.model_dir, self.architecture)
-    latest = checkpoints.latest_checkpoint(self.config.model_dir)
+    latest = checkpoints.restore_latest(self.checkpoint, self.config.model_dir)
     if latest:
-      self.checkpoint.restore(latest).expect_partial()
+      self._last_saved_step = int(self.global_step.numpy())
       logging.info('Resuming from %s at step %d', latest,
-                   int(self.global_step.numpy()))
+                   self._last_saved_step)
       return 'resumed'
     if self.config.checkpoint:
       prefix = checkpoints.restore_initial_weights(
@@ -249,11 +275,21 @@ class Trainer:
     return 'scratch'
 
   # -------------------------------------------------------------- step
-  def _metric(self, name):
-    if name not in self.metrics:
-      with self.strategy.scope():
-        self.metrics[name] = tf_keras.metrics.Mean(name)
-    return self.metrics[name]
+  def _metric_names(self):
+    """What the stage's objective logs (metrics are made before tracing:
+    variables cannot be created inside a replica context)."""
+    names = {'contrastive': ['contrast_loss', 'contrast_acc',
+                             'contrast_entropy'],
+             'supervised': ['supervised_loss', 'supervised_acc'],
+             'distill': ['distill_loss', 'teacher_agreement']}[
+                 self.stage.objective]
+    supervised_on_the_side = (
+        (self.stage.objective == 'contrastive' and
+         self._wants_supervised_head()) or
+        (self.stage.objective == 'distill' and self.config.distill_alpha < 1))
+    if supervised_on_the_side:
+      names += ['supervised_loss', 'supervised_acc']
+    return names + ['total_loss', 'weight_decay']
 
   def _replica_step(self, batch, labeled_batch=None):
     images, labels = batch
@@ -293,53 +329,178 @@ class Trainer:
         step, self.nonfinite_step))
     logs.update(total_loss=loss, weight_decay=weight_decay)
     for name, value in logs.items():
-      self._metric(name).update_state(value)
+      self.metrics[name].update_state(value)
+
+  def _multi_worker(self):
+    in_multi_worker_mode = getattr(self.strategy.extended,
+                                   '_in_multi_worker_mode', None)
+    return bool(in_multi_worker_mode and in_multi_worker_mode())
 
   def _make_train_loop(self):
-    """One tf.function running `num_steps` steps (a tensor: no retrace)."""
-    step_fn = tf.function(self._replica_step,
-                          jit_compile=self.config.jit_compile or None)
+    """One tf.function running up to `num_steps` steps (a tensor: no
+    retrace). It stops early, before the next step, after a non-finite step
+    or when `stop_requested` is raised (a signal). With several workers the
+    stop flag is only checked between calls: a worker leaving the loop alone
+    would leave the others waiting in a collective."""
+    # A nested tf.function around the replica step breaks MirroredStrategy's
+    # merge calls inside the tf.range loop; only XLA needs one.
+    step_fn = (tf.function(self._replica_step, jit_compile=True)
+               if self.config.jit_compile else self._replica_step)
     strategy = self.strategy
+    nonfinite_step = self.nonfinite_step
+    stop_requested = (None if self._multi_worker() else self.stop_requested)
 
     @tf.function
     def train_loop(iterators, num_steps):
       for _ in tf.range(num_steps):
+        stop = nonfinite_step >= 0
+        if stop_requested is not None:
+          stop = tf.logical_or(stop, stop_requested)
+        if stop:
+          break
         batches = [next(iterator) for iterator in iterators]
         strategy.run(step_fn, args=tuple(batches))
 
     return train_loop
 
+  def _run_loop(self, train_loop, iterators, num_steps):
+    """Runs train_loop in a helper thread while the main thread waits,
+    so a signal handler runs at once and can raise `stop_requested`."""
+    outcome = {}
+
+    def target():
+      try:
+        train_loop(iterators, tf.constant(num_steps))
+      except BaseException as error:  # pylint: disable=broad-except
+        outcome['error'] = error
+
+    thread = threading.Thread(target=target, name='train_loop', daemon=True)
+    thread.start()
+    while thread.is_alive():
+      thread.join(0.1)
+      if self._stop_signal is not None and not self._stop_raised:
+        self.stop_requested.assign(True)
+        self._stop_raised = True
+    if 'error' in outcome:
+      raise outcome['error']
+
   # -------------------------------------------------------------- loop
   def _install_signal_handlers(self):
+    """SIGTERM/SIGINT only record the signal (checked between and inside loop
+    calls); returns the previous handlers for _restore_signal_handlers."""
     def handler(signum, frame):
       del frame
-      self._stop_signal = signum
+      if self._stop_signal is None:
+        self._stop_signal = signum
+        logging.warning('%s received: stopping after the current step and '
+                        'saving a checkpoint.', signal.Signals(signum).name)
+      else:
+        logging.warning('%s received: already stopping.',
+                        signal.Signals(signum).name)
+    previous = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
       try:
-        signal.signal(signum, handler)
+        previous[signum] = signal.signal(signum, handler)
+        signal.siginterrupt(signum, False)  # Restart interrupted writes.
       except ValueError:  # Not the main thread.
         pass
+    return previous
+
+  @staticmethod
+  def _restore_signal_handlers(previous):
+    for signum, handler in previous.items():
+      signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+  def _distributed_dataset(self, input_config, skip_steps):
+    """The distributed training input; with `skip_steps`, without the batches
+    of the first `skip_steps` steps (a deterministic resume replays them)."""
+    if not skip_steps:
+      return data.build_distributed_dataset(self.strategy, input_config)
+
+    def dataset_fn(input_context):
+      replicas_per_pipeline = max(1, input_context.num_replicas_in_sync //
+                                  input_context.num_input_pipelines)
+      return data.build_dataset(input_config, input_context).skip(
+          skip_steps * replicas_per_pipeline)
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  # -------------------------------------------------------------- saving
+  def _weights_finite(self):
+    """True when every float variable of the model and optimizer is finite."""
+    if self._all_finite is None:
+      variables = list(self.model.variables)
+      optimizer_variables = getattr(self.optimizer, 'variables', [])
+      if callable(optimizer_variables):
+        optimizer_variables = optimizer_variables()
+      variables += list(optimizer_variables)
+      variables = [v for v in variables if v.dtype.is_floating]
+
+      @tf.function
+      def all_finite():
+        return tf.reduce_all(tf.stack(
+            [tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
+      self._all_finite = all_finite
+    return bool(self._all_finite())
+
+  def _save(self, step):
+    """Writes the checkpoint of `step` unless it exists; returns its path.
+
+    Never rewrites an existing checkpoint in place, never writes non-finite
+    weights, and a failed write leaves earlier checkpoints as they were.
+    """
+    if self._last_saved_step == step:
+      return self.manager.latest_checkpoint
+    if not self._weights_finite():
+      raise TrainingError(
+          f'weights became NaN/Inf by step {step}; stopped without saving, '
+          f'last good checkpoint: {self.manager.latest_checkpoint or "none"}')
+    try:
+      path = self.manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as error:
+      prefix = os.path.join(self.manager.directory, f'ckpt-{step}')
+      checkpoints.remove_partial_checkpoint(prefix)
+      message = str(error).strip().splitlines()[0] if str(error).strip() else (
+          type(error).__name__)
+      raise TrainingError(
+          f'could not write the checkpoint of step {step} to '
+          f'{self.manager.directory}: {message}; earlier checkpoints are '
+          f'intact (latest: {self.manager.latest_checkpoint or "none"})'
+      ) from error
+    self._last_saved_step = step
+    return path
 
   def train(self):
     """Trains to `total_steps`, checkpointing; returns the last metrics."""
+    self._stop_signal = None
+    self.stop_requested.assign(False)
+    previous_handlers = self._install_signal_handlers()
+    try:
+      return self._train()
+    finally:
+      self._restore_signal_handlers(previous_handlers)
+
+  def _train(self):
     config = self.config
+    self._stop_raised = False
     if self.is_chief:
       config_lib.write_architecture(config.model_dir, self.architecture, {
           'train_mode': config.train_mode, 'dataset': config.dataset,
           'class_names': list(self.info.class_names)})
     how = self.restore()
-    # Create every metric (and the optimizer slots) before the first trace.
-    datasets = [data.build_distributed_dataset(self.strategy, self.train_input)]
+    step = int(self.global_step.numpy())
+    skip_steps = step if config.deterministic else 0
+    if skip_steps:
+      logging.info('Deterministic resume: replaying and skipping the input '
+                   'of the %d steps already trained.', skip_steps)
+    datasets = [self._distributed_dataset(self.train_input, skip_steps)]
     if self.labeled_input is not None:
-      datasets.append(data.build_distributed_dataset(self.strategy,
-                                                     self.labeled_input))
+      datasets.append(self._distributed_dataset(self.labeled_input,
+                                                skip_steps))
     iterators = [iter(dataset) for dataset in datasets]
     train_loop = self._make_train_loop()
     writer = (tf.summary.create_file_writer(config.model_dir)
               if self.is_chief else tf.summary.create_noop_writer())
-    self._install_signal_handlers()
 
-    step = int(self.global_step.numpy())
     logging.info('%s: %s at step %d of %d (%d examples, global batch %d, '
                  '%d replicas)', config.train_mode, how, step,
                  self.total_steps, self.num_train_examples,
@@ -349,41 +510,47 @@ class Trainer:
     results = {}
     started = time.time()
     first_step = step
-    while step < self.total_steps:
+    while step < self.total_steps and self._stop_signal is None:
       until_checkpoint = self.checkpoint_interval - step % self.checkpoint_interval
       num_steps = min(self.steps_per_loop, self.total_steps - step,
                       until_checkpoint)
       loop_started = time.time()
-      train_loop(iterators, tf.constant(num_steps))
+      self._run_loop(train_loop, iterators, num_steps)
       bad_step = int(self.nonfinite_step.numpy())
       if bad_step >= 0:
         raise TrainingError(
             f'loss or gradients became NaN/Inf at step {bad_step + 1}; '
             f'stopped without saving, last good checkpoint: '
             f'{self.manager.latest_checkpoint or "none"}')
-      step = int(self.global_step.numpy())
-      elapsed = time.time() - loop_started
-      results = {name: float(metric.result())
-                 for name, metric in self.metrics.items()}
-      results['learning_rate'] = float(self.learning_rate(step))
-      results['images_per_sec'] = (
-          num_steps * config.train_batch_size / max(elapsed, 1e-9))
-      self._log_progress(step, results, started, first_step)
-      with writer.as_default(step=step):
-        for name, value in results.items():
-          tf.summary.scalar(f'train/{name}', value)
-      for metric in self.metrics.values():
-        metric.reset_state()
+      previous_step, step = step, int(self.global_step.numpy())
+      if step > previous_step:
+        elapsed = time.time() - loop_started
+        results = {name: float(metric.result())
+                   for name, metric in self.metrics.items()}
+        results['learning_rate'] = float(self.learning_rate(step))
+        results['images_per_sec'] = ((step - previous_step) *
+                                     config.train_batch_size /
+                                     max(elapsed, 1e-9))
+        self._log_progress(step, results, started, first_step)
+        with writer.as_default(step=step):
+          for name, value in results.items():
+            tf.summary.scalar(f'train/{name}', value)
+        for metric in self.metrics.values():
+          metric.reset_state()
       if step % self.checkpoint_interval == 0 or step >= self.total_steps:
-        self.manager.save(checkpoint_number=step)
-      if self._stop_signal is not None:
-        path = self.manager.save(checkpoint_number=step)
-        raise Preempted(
-            f'stopped by {signal.Signals(self._stop_signal).name} at step '
-            f'{step}; checkpoint {path} written; run the same command to '
-            f'resume', self._stop_signal)
+        self._save(step)
     writer.flush()
+    if self._stop_signal is not None:
+      name = signal.Signals(self._stop_signal).name
+      if step > 0:
+        path = self._save(step)
+        saved = f'checkpoint {path} written'
+      else:
+        saved = 'before the first step, nothing to save'
+      raise Preempted(f'stopped by {name} at step {step}; {saved}; run the '
+                      'same command to resume', self._stop_signal)
     results['global_step'] = step
+    results['learning_rate'] = float(self.learning_rate(step))
     return results
 
   def _log_progress(self, step, results, started, first_step):
