@@ -537,7 +537,14 @@ def _source(dataset: str, data_dir: Optional[str], skip_bad_images=False):
     return _SyntheticSource()
   if dataset == IMAGE_FOLDER:
     return _FolderSource(data_dir, skip_bad_images)
-  return _TfdsSource(dataset, data_dir)
+  # One source per dataset and process: its keys and labels (read to pick
+  # label subsets) are then scanned once, not once per input pipeline.
+  if (dataset, data_dir) not in _TFDS_SOURCES:
+    _TFDS_SOURCES[(dataset, data_dir)] = _TfdsSource(dataset, data_dir)
+  return _TFDS_SOURCES[(dataset, data_dir)]
+
+
+_TFDS_SOURCES = {}
 
 
 def get_info(dataset: str, data_dir: Optional[str] = None) -> DatasetInfo:
@@ -667,8 +674,10 @@ def _augment_function(config: InputConfig):
 
 
 def _shuffle_buffer(config: InputConfig) -> int:
-  # Decoded small images are cheap; large ones are shuffled still encoded.
-  return 50_000 if config.image_size <= 32 else 10_000
+  # TFDS files are shuffled when written and their order is shuffled per
+  # epoch; ten batches (1k–10k examples) of buffer on top keeps the start-up
+  # fill short and the memory small for encoded large images.
+  return min(max(10 * config.batch_size, 1_000), 10_000)
 
 
 def build_dataset(config: InputConfig,
