@@ -352,7 +352,7 @@ def test_sigkill_at_random_moments_resumes_from_last_complete(tmp_path):
   run ends at train_steps with the schedule's last LR."""
   model_dir = str(tmp_path / 'model')
   flags = TINY + ['--train_steps=30', '--checkpoint_steps=1',
-                  '--steps_per_loop=1']
+                  '--steps_per_loop=1', '--warmup_epochs=0']
   rng = np.random.RandomState(0)
   for _ in range(4):
     process = start_run_py(flags, model_dir, faults='print_steps=1')
@@ -373,7 +373,7 @@ def test_sigkill_at_random_moments_resumes_from_last_complete(tmp_path):
     assert f'resumed at step {before.split("-")[1]} of 30' in result.stderr
   train = summary(result)['train']
   assert train['global_step'] == 30
-  assert train['learning_rate'] == 0.0  # Cosine decay ends at 0.
+  assert abs(train['learning_rate']) < 1e-9  # The cosine ends at 0.
 
 
 @pytest.mark.slow
