@@ -1,0 +1,110 @@
+"""python -m tf_simclr.benchmark: its JSON line, and the FLOP count it reports."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tf_simclr import benchmark
+from tf_simclr import model as model_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED_KEYS = ('train_mode', 'config', 'ms_per_step_median',
+                 'images_per_sec', 'model_gflops_per_image', 'achieved_tflops',
+                 'input_images_per_sec', 'device')
+TINY = ('--resnet_depth=18', '--width_multiplier=0.125', '--image_size=32',
+        '--train_batch_size=8', '--steps=2', '--steps_per_loop=2',
+        '--warmup_steps=0', '--input_datasets=synthetic',
+        '--input_image_sizes=32', '--input_batches=2',
+        '--input_warmup_batches=1')
+
+
+def run_benchmark(*flags):
+  result = subprocess.run(
+      [sys.executable, '-m', 'tf_simclr.benchmark', *TINY, *flags],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  return lines, json.loads(lines[-1])
+
+
+def resnet18_cifar_multiply_adds(image_size, width, proj_out_dim=128,
+                                 num_proj_layers=3, num_classes=0):
+  """Hand count for a basic-block ResNet-18 with the CIFAR stem: 3x3 convs,
+  a 1x1 projection shortcut at the start of every block group (the reference
+  projects in group 1 too), the projection head's dense layers and the
+  supervised (linear-eval) head on the backbone output."""
+  size, channels = image_size, width
+  total = size * size * width * 3 * 9  # Stem: 3x3 conv, 3 -> width.
+  for group in range(4):
+    filters = width * 2**group
+    size //= 1 if group == 0 else 2
+    per_position = size * size * filters
+    total += per_position * channels  # 1x1 projection shortcut.
+    total += per_position * channels * 9  # First 3x3 conv (strided).
+    total += 3 * per_position * filters * 9  # The other three 3x3 convs.
+    channels = filters
+  total += (num_proj_layers - 1) * channels * channels + channels * proj_out_dim
+  return total + channels * num_classes
+
+
+def test_cli_prints_table_then_json_with_sane_values():
+  lines, summary = run_benchmark('--variant=feed=dataset')
+  assert len(lines) > 3 and 'train baseline' in '\n'.join(lines)
+  for key in REQUIRED_KEYS:
+    assert summary[key] is not None, key
+  assert summary['train_mode'] == 'pretrain'
+  assert summary['config']['resnet_depth'] == 18
+  assert summary['config']['train_batch_size'] == 8
+  assert summary['device'].startswith(('CPU', 'NVIDIA'))
+  assert not summary['nonfinite']
+  milliseconds = summary['ms_per_step_median']
+  assert 0 < summary['ms_per_step_min'] <= milliseconds <= summary['ms_per_step_max']
+  assert summary['images_per_sec'] == pytest.approx(8 / milliseconds * 1000)
+  assert summary['views_per_sec'] == pytest.approx(2 * summary['images_per_sec'])
+  # Pretraining with the linear-eval head: 10 synthetic classes.
+  multiply_adds = resnet18_cifar_multiply_adds(32, 8, num_classes=10)
+  assert summary['model_gflops_per_image'] == pytest.approx(
+      2 * multiply_adds / 1e9)
+  assert summary['achieved_tflops'] == pytest.approx(
+      3 * summary['model_gflops_per_image'] * summary['views_per_sec'] / 1000)
+  assert summary['input_images_per_sec'] > 0
+  assert summary['input_table'][0]['dataset'] == 'synthetic'
+  # The same step through Trainer's own loop over a tf.data iterator.
+  (variant,) = summary['variants']
+  assert variant['variant'] == 'feed=dataset'
+  assert variant['ms_per_step_median'] > 0 and not variant['nonfinite']
+
+
+def test_forward_flops_of_resnet50_at_224_px():
+  # ResNet-50 (stride on the 3x3 conv, "v1.5"): 4.09 G multiply-adds per
+  # 224 px image, i.e. the "4.1 GFLOPs" usually quoted; 8.2 GFLOPs when a
+  # multiply-add counts as 2 FLOPs, which is what the benchmark reports.
+  model = model_lib.build_model(0, resnet_depth=50, image_size=224,
+                                build=False)
+  multiply_adds = benchmark.count_forward_multiply_adds(model, 224)
+  assert multiply_adds == pytest.approx(4.1e9, rel=0.02)
+  assert 2 * multiply_adds / 1e9 == pytest.approx(8.2, rel=0.02)
+
+
+@pytest.mark.parametrize('width', [0.25, 1])
+def test_flop_count_matches_hand_count_for_resnet18_cifar(width):
+  model = model_lib.build_model(0, resnet_depth=18, image_size=32,
+                                width_multiplier=width, build=False)
+  assert benchmark.count_forward_multiply_adds(model, 32) == (
+      resnet18_cifar_multiply_adds(32, int(64 * width)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('train_mode', ['finetune', 'distill'])
+def test_cli_other_stages(train_mode):
+  _, summary = run_benchmark(f'--train_mode={train_mode}', '--component=train')
+  assert summary['train_mode'] == train_mode
+  assert summary['views_per_sec'] == pytest.approx(summary['images_per_sec'])
+  passes = 4 if train_mode == 'distill' else 3
+  assert summary['achieved_tflops'] == pytest.approx(
+      passes * summary['model_gflops_per_image'] * summary['views_per_sec'] / 1000)
+  assert summary['input_images_per_sec'] is None

@@ -1,0 +1,499 @@
+r"""Times the training step and the input pipeline; prints a table, then JSON.
+
+The training step is `trainer.Trainer`'s own replica step (model on the
+batch, the stage's loss, one optimizer update, metrics) on a batch of random
+images that stays on the device, several steps per tf.function call, so the
+input pipeline is left out. The input pipeline is timed on its own:
+`data.build_dataset` batches pulled as fast as they come.
+
+  # The CPU target config (ResNet-18, CIFAR stem, 32 px, batch 64, pretrain):
+  python -m tf_simclr.benchmark --resnet_depth=18 --image_size=32 \
+    --train_batch_size=64 --steps=20 --steps_per_loop=10
+
+  # ResNet-50 at 224 px on one GPU, bfloat16 with XLA:
+  python -m tf_simclr.benchmark --resnet_depth=50 --image_size=224 \
+    --train_batch_size=256 --precision=bfloat16 --jit_compile \
+    --steps=100 --steps_per_loop=50 --component=train
+
+The last line of stdout is one JSON object (train_mode, config,
+ms_per_step_median, images_per_sec, views_per_sec, model_gflops_per_image,
+achieved_tflops, input_images_per_sec, device, ...). FLOPs are counted
+analytically from the shapes of every convolution and matrix multiplication
+in the traced forward graph, 2 FLOPs per multiply-add; a training step is
+counted as 3x the forward (forward + backward), plus 1x for the teacher's
+forward when distilling. Batch norm, activations and the optimizer update are
+not counted.
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+
+# ---------------------------------------------------------------- flags
+# Model and optimizer flags: same names, defaults and meaning as run.py.
+flags.DEFINE_integer('resnet_depth', 50, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
+flags.DEFINE_float('width_multiplier', 1, 'Channel width multiplier.')
+flags.DEFINE_float('sk_ratio', 0., 'Selective-kernel ratio; > 0 enables SK and ResNet-D.')
+flags.DEFINE_float('se_ratio', 0., 'Squeeze-excitation ratio.')
+flags.DEFINE_integer('image_size', 224, 'Input image size; <= 32 uses the CIFAR stem.')
+flags.DEFINE_string('proj_head_mode', 'nonlinear', 'none, linear or nonlinear.')
+flags.DEFINE_integer('num_proj_layers', 3, 'Layers of the nonlinear projection head.')
+flags.DEFINE_integer('proj_out_dim', 128, 'Output width of the projection head.')
+flags.DEFINE_integer('ft_proj_selector', 0, 'Projection-head layer the supervised head reads.')
+flags.DEFINE_boolean('global_bn', True, 'Synchronise BN statistics across replicas.')
+flags.DEFINE_float('batch_norm_decay', 0.9, 'Batch norm moving-average decay.')
+flags.DEFINE_string('optimizer', 'lars', 'lars, momentum or adam.')
+flags.DEFINE_float('learning_rate', 0.3, 'Base learning rate (scaled by the batch size).')
+flags.DEFINE_string('learning_rate_scaling', 'linear', 'linear or sqrt.')
+flags.DEFINE_float('momentum', 0.9, 'Momentum.')
+flags.DEFINE_float('weight_decay', 1e-6, 'L2 weight decay.')
+flags.DEFINE_float('temperature', 0.1, 'Temperature of the contrastive loss.')
+flags.DEFINE_bool('lineareval_while_pretraining', True, 'Linear-eval head while pretraining.')
+flags.DEFINE_integer('fine_tune_after_block', -1, 'Finetune the layers after this block.')
+flags.DEFINE_integer('num_classes', 0, 'Classes of the supervised head (0: from --dataset).')
+flags.DEFINE_string('train_mode', 'pretrain', 'pretrain, finetune or distill (the teacher is a randomly initialised model of the same architecture).')
+flags.DEFINE_integer('train_batch_size', 64, 'Global batch size (images; pretraining sees two views of each).')
+flags.DEFINE_string('precision', 'float32', 'float32, bfloat16 or float16.')
+flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.')
+flags.DEFINE_integer('steps_per_loop', 10, 'Training steps per tf.function call.')
+flags.DEFINE_string('strategy', 'default', 'default, mirrored or multi_worker_mirrored.')
+flags.DEFINE_integer('cpu_replicas', 0, 'With --strategy=mirrored and no GPU: split the CPU into this many replicas.')
+flags.DEFINE_integer('num_gpus', 0, 'GPUs for --strategy=mirrored (0: all).')
+# Input flags.
+flags.DEFINE_string('dataset', 'synthetic', 'Dataset of the input pipeline whose images/s goes into the JSON line.')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
+flags.DEFINE_bool('use_blur', True, 'Gaussian blur in pretraining augmentation.')
+flags.DEFINE_float('color_jitter_strength', 1.0, 'Strength of colour jittering.')
+flags.DEFINE_bool('cache_dataset', False, 'Cache the decoded dataset in memory.')
+# Benchmark flags.
+flags.DEFINE_integer('steps', 50, 'Timed training steps (rounded up to whole loops).')
+flags.DEFINE_integer('warmup_steps', 10, 'Untimed steps after the first (tracing) call.')
+flags.DEFINE_enum('component', 'both', ['train', 'input', 'both'], 'What to time.')
+flags.DEFINE_enum('feed', 'device', ['device', 'dataset'], 'device: one random batch resident on the device, fed to the step directly; dataset: Trainer\'s own loop pulling the same batch from a repeated in-memory tf.data dataset.')
+flags.DEFINE_list('input_datasets', ['synthetic', 'fashion_mnist'], 'Datasets of the input table (unavailable ones are reported as such).')
+flags.DEFINE_list('input_image_sizes', ['32', '224'], 'Image sizes of the input table (--image_size is always included).')
+flags.DEFINE_integer('input_batches', 20, 'Timed batches per input-pipeline measurement.')
+flags.DEFINE_integer('input_warmup_batches', 5, 'Untimed batches before timing the input pipeline.')
+flags.DEFINE_multi_string('variant', [], 'Also time this variant of the flags in the same process, calls interleaved with the baseline\'s, e.g. --variant="jit_compile=true" --variant="steps_per_loop=1 precision=bfloat16". Reported as ratios to the baseline (the flags as given).')
+flags.DEFINE_bool('experimental_fused_batch_norm', False, 'Measure a proposed change: fused batch norm in the backbone when BN is not synchronised (monkeypatches tf_simclr.resnet.BatchNormRelu for this process).')
+
+# What a --variant may change (the same model, batch and stage throughout).
+VARIANT_FLAGS = ('steps_per_loop', 'jit_compile', 'precision', 'feed',
+                 'global_bn', 'optimizer', 'experimental_fused_batch_norm')
+TIMED_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
+               'image_size', 'proj_head_mode', 'num_proj_layers',
+               'proj_out_dim', 'global_bn', 'optimizer', 'train_batch_size',
+               'precision', 'jit_compile', 'steps_per_loop', 'strategy',
+               'cpu_replicas', 'steps', 'warmup_steps', 'component', 'feed',
+               'dataset', 'use_blur', 'experimental_fused_batch_norm')
+
+
+# ---------------------------------------------------------------- FLOPs
+def count_forward_multiply_adds(model, image_size):
+  """Multiply-adds of one image through `model` (inference mode).
+
+  Traces the forward pass at batch 1 and adds up, from the static shapes,
+  every Conv2D (out_h·out_w·out_c·k_h·k_w·in_c), depthwise convolution and
+  MatMul / BatchMatMul (m·k·n). Elementwise ops, BN and pooling are left out.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  forward = tf.function(lambda images: model(images, training=False))
+  graph = forward.get_concrete_function(
+      tf.TensorSpec([1, image_size, image_size, 3], tf.float32)).graph
+  return _graph_multiply_adds(graph)
+
+
+def _graph_multiply_adds(graph):
+  total = 0
+  for op in graph.get_operations():
+    if op.type in ('Conv2D', 'DepthwiseConv2dNative'):
+      out = op.outputs[0].shape.as_list()
+      kernel = op.inputs[1].shape.as_list()
+      if op.get_attr('data_format') == b'NCHW':
+        out = [out[0], out[2], out[3], out[1]]
+      if op.type == 'Conv2D':
+        total += out[1] * out[2] * out[3] * kernel[0] * kernel[1] * kernel[2]
+      else:  # Each output channel reads one input channel.
+        total += out[1] * out[2] * out[3] * kernel[0] * kernel[1]
+    elif op.type in ('MatMul', 'BatchMatMul', 'BatchMatMulV2', 'BatchMatMulV3'):
+      a = op.inputs[0].shape.as_list()
+      out = op.outputs[0].shape.as_list()
+      transpose_a = op.get_attr('transpose_a' if op.type == 'MatMul' else 'adj_x')
+      inner = a[-2] if transpose_a else a[-1]
+      total += math.prod(out) * inner
+    elif op.type in ('StatefulPartitionedCall', 'PartitionedCall'):
+      function_name = op.get_attr('f').name
+      function = graph._get_function(function_name)  # pylint: disable=protected-access
+      if function is not None:
+        total += _graph_multiply_adds(function.graph)
+  return total
+
+
+# ---------------------------------------------------------------- setup
+def device_description():
+  """'NVIDIA H200 (1 GPU)' or 'CPU: AMD EPYC (2 cores)'."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  gpus = tf.config.list_physical_devices('GPU')
+  if gpus:
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return f'{details.get("device_name", "GPU")} ({len(gpus)} GPU)'
+  name = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          name = line.split(':', 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return f'CPU: {name} ({os.cpu_count()} cores)'
+
+
+@contextlib.contextmanager
+def fused_batch_norm_patch(enabled):
+  """While active, backbone BN layers that are not synchronised are built
+  fused (one kernel); measures the change proposed in docs/performance.md
+  without editing resnet.py."""
+  from tf_simclr import resnet  # pylint: disable=g-import-not-at-top
+  original = resnet.BatchNormRelu.__init__
+
+  def init(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    if not self.bn.synchronized:
+      self.bn.fused = None  # Decided in build(): fused for 4-D inputs.
+  if enabled:
+    resnet.BatchNormRelu.__init__ = init
+  try:
+    yield
+  finally:
+    resnet.BatchNormRelu.__init__ = original
+
+
+def parse_variant(text):
+  """'jit_compile=true precision=bfloat16' -> {flag name: parsed value}."""
+  overrides = {}
+  for item in text.split():
+    name, sep, value = item.partition('=')
+    if not sep or name not in VARIANT_FLAGS:
+      raise app.UsageError(f'--variant wants NAME=VALUE pairs with NAME one '
+                           f'of {", ".join(VARIANT_FLAGS)}, got {item!r}')
+    overrides[name] = FLAGS[name].parser.parse(value)
+  return overrides
+
+
+def make_config(model_dir, teacher_dir=None, overrides=None):
+  """The config.Config of the flags and `overrides` (dataset synthetic: no
+  files needed)."""
+  from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
+  overrides = overrides or {}
+  values = {field.name: overrides.get(field.name, FLAGS[field.name].value)
+            for field in dataclasses.fields(config_lib.Config)
+            if field.name in FLAGS and field.name not in ('dataset', 'data_dir')}
+  values.update(dataset='synthetic', model_dir=model_dir,
+                train_steps=10**9, warmup_epochs=1,
+                teacher_checkpoint=teacher_dir)
+  return config_lib.Config(**values).validate()
+
+
+def write_random_teacher(config, directory):
+  """A randomly initialised fine-tuned model of `config`'s architecture in
+  `directory` (config.json + checkpoint), for timing distillation."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tf_simclr import data  # pylint: disable=g-import-not-at-top
+  from tf_simclr import model as model_lib  # pylint: disable=g-import-not-at-top
+  num_classes = config.num_classes or data.get_info('synthetic').num_classes
+  teacher = model_lib.build_model(num_classes, **config.model_kwargs(),
+                                  supervised_training=True)
+  config_lib.write_architecture(
+      directory, dict(config.architecture(), num_classes=num_classes))
+  tf.train.Checkpoint(model=teacher).save(os.path.join(directory, 'ckpt'))
+
+
+# ---------------------------------------------------------------- training step
+def random_batch(trainer, seed=0):
+  """Per-replica (images float32 [b, H, W, 3·views] in [0, 1], labels int32
+  [b]) created on each replica's device."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  config = trainer.config
+  strategy = trainer.strategy
+  per_replica = config.train_batch_size // strategy.num_replicas_in_sync
+  channels = 3 * trainer.stage.views
+
+  def make(context):
+    replica_seed = seed + context.replica_id_in_sync_group
+    images = tf.random.stateless_uniform(
+        [per_replica, config.image_size, config.image_size, channels],
+        [replica_seed, 0])
+    labels = tf.random.stateless_uniform(
+        [per_replica], [replica_seed, 1], maxval=trainer.num_classes,
+        dtype=tf.int32)
+    return images, labels
+
+  return strategy.experimental_distribute_values_from_function(make)
+
+
+def make_timed_loop(trainer, batch, feed):
+  """A callable run(num_steps) doing num_steps training steps in one call.
+
+  feed 'device': Trainer's replica step on `batch` in a loop of our own (what
+  Trainer._make_train_loop does, minus the iterator); 'dataset': Trainer's own
+  loop over a repeated in-memory dataset of the same batch.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  strategy = trainer.strategy
+  if feed == 'dataset':
+    train_loop = trainer._make_train_loop()  # pylint: disable=protected-access
+    values = strategy.experimental_local_results(batch)
+    dataset = tf.data.Dataset.from_tensors(
+        tuple(tf.concat(parts, 0) for parts in zip(*values))).repeat()
+    iterators = [iter(strategy.experimental_distribute_dataset(dataset))]
+    return lambda num_steps: train_loop(iterators, tf.constant(num_steps))
+
+  # As in Trainer: a nested tf.function only when XLA compiles the step.
+  step_fn = trainer._replica_step  # pylint: disable=protected-access
+  if trainer.config.jit_compile:
+    step_fn = tf.function(step_fn, jit_compile=True)
+
+  @tf.function
+  def device_loop(batch, num_steps):
+    for _ in tf.range(num_steps):
+      strategy.run(step_fn, args=(batch,))
+
+  return lambda num_steps: device_loop(batch, tf.constant(num_steps))
+
+
+class TimedTrainer:
+  """A Trainer whose step can be run `steps_per_loop` steps per call."""
+
+  def __init__(self, trainer, steps_per_loop, feed):
+    self.trainer = trainer
+    self.steps_per_loop = steps_per_loop
+    self._run = make_timed_loop(trainer, random_batch(trainer), feed)
+    self.per_step_ms = []
+    self.first_call_s = None
+
+  def call(self):
+    """Runs one loop; returns its seconds."""
+    started = time.perf_counter()
+    self._run(self.steps_per_loop)
+    int(self.trainer.global_step.numpy())  # Waits for the device.
+    return time.perf_counter() - started
+
+  def timing(self):
+    return {
+        'ms_per_step_median': statistics.median(self.per_step_ms),
+        'ms_per_step_min': min(self.per_step_ms),
+        'ms_per_step_max': max(self.per_step_ms),
+        'timed_calls': len(self.per_step_ms),
+        'timed_steps': len(self.per_step_ms) * self.steps_per_loop,
+        'first_call_s': self.first_call_s,
+        'nonfinite': int(self.trainer.nonfinite_step.numpy()) >= 0,
+    }
+
+
+def time_training(timed_trainers, steps, warmup_steps):
+  """Times every TimedTrainer, their calls interleaved round-robin so that a
+  change of machine load hits all of them alike. Each one runs at least
+  `steps` timed steps (whole calls) after its first (tracing) call and
+  `warmup_steps` untimed steps."""
+  for timed in timed_trainers:
+    timed.first_call_s = timed.call()
+    for _ in range(math.ceil(warmup_steps / timed.steps_per_loop)):
+      timed.call()
+  calls = [max(1, math.ceil(steps / timed.steps_per_loop))
+           for timed in timed_trainers]
+  rounds = max(calls)
+  for round_index in range(rounds):
+    for timed, count in zip(timed_trainers, calls):
+      # `count` calls spread evenly over the rounds.
+      if (round_index + 1) * count // rounds > round_index * count // rounds:
+        timed.per_step_ms.append(1000 * timed.call() / timed.steps_per_loop)
+  return [timed.timing() for timed in timed_trainers]
+
+
+# ---------------------------------------------------------------- input pipeline
+def time_input(dataset, image_size, batch_size, augmentation, num_batches,
+               warmup_batches, data_dir=None, use_blur=True,
+               color_jitter_strength=1.0, cache=False):
+  """Images/s of data.build_dataset's training batches (None: unavailable,
+  with the reason)."""
+  from tf_simclr import data  # pylint: disable=g-import-not-at-top
+  try:
+    config = data.InputConfig(
+        dataset=dataset, split='train', image_size=image_size,
+        batch_size=batch_size, augmentation=augmentation, is_training=True,
+        data_dir=data_dir, use_blur=use_blur,
+        color_jitter_strength=color_jitter_strength, cache=cache)
+    iterator = iter(data.build_dataset(config))
+    for _ in range(warmup_batches):
+      next(iterator)
+  except Exception as error:  # pylint: disable=broad-except
+    return None, f'{type(error).__name__}: {str(error).splitlines()[0][:120]}'
+  started = time.perf_counter()
+  for _ in range(num_batches):
+    next(iterator)
+  seconds = time.perf_counter() - started
+  return num_batches * batch_size / seconds, None
+
+
+# ---------------------------------------------------------------- main
+def run_benchmark():
+  """Runs what --component asks; returns the JSON summary dict."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tf_simclr import distribute  # pylint: disable=g-import-not-at-top
+  from tf_simclr import stages  # pylint: disable=g-import-not-at-top
+  from tf_simclr import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
+  stage = stages.STAGES[FLAGS.train_mode]
+  summary = {
+      'train_mode': FLAGS.train_mode,
+      'config': {name: FLAGS[name].value for name in TIMED_FLAGS},
+      'device': device_description(),
+      'tensorflow': tf.__version__,
+      'ms_per_step_median': None, 'images_per_sec': None,
+      'views_per_sec': None, 'model_gflops_per_image': None,
+      'achieved_tflops': None, 'input_images_per_sec': None,
+      'flops_convention': ('model_gflops_per_image: forward pass of one view, '
+                           '2 FLOPs per multiply-add, conv + matmul only, '
+                           'counted from the traced graph\'s shapes; '
+                           'achieved_tflops: 3x forward per view (forward + '
+                           'backward) [+1x teacher forward when distilling] '
+                           'x views/s'),
+  }
+  rows = []
+
+  if FLAGS.component in ('train', 'both'):
+    devices = None
+    if FLAGS.strategy == 'mirrored' and FLAGS.cpu_replicas:
+      devices = distribute.split_cpu_into_logical_devices(FLAGS.cpu_replicas)
+    strategy = distribute.make_strategy(FLAGS.strategy,
+                                        num_gpus=FLAGS.num_gpus,
+                                        devices=devices)
+    variants = [('baseline', {})] + [(text, parse_variant(text))
+                                     for text in FLAGS.variant]
+    model_dir = tempfile.mkdtemp(prefix='tf_simclr_benchmark_')
+    try:
+      timed_trainers = []
+      for index, (_, overrides) in enumerate(variants):
+        setting = lambda name: overrides.get(name, FLAGS[name].value)  # pylint: disable=cell-var-from-loop
+        run_dir = os.path.join(model_dir, f'run{index}')
+        teacher_dir = None
+        if FLAGS.train_mode == 'distill':
+          teacher_dir = os.path.join(run_dir, 'teacher')
+          write_random_teacher(make_config(run_dir, 'unused', overrides),
+                               teacher_dir)
+        config = make_config(os.path.join(run_dir, 'model'), teacher_dir,
+                             overrides)
+        with fused_batch_norm_patch(setting('experimental_fused_batch_norm')):
+          trainer = trainer_lib.Trainer(config, strategy)
+        timed_trainers.append(TimedTrainer(trainer, setting('steps_per_loop'),
+                                           setting('feed')))
+      timings = time_training(timed_trainers, FLAGS.steps, FLAGS.warmup_steps)
+      baseline = timed_trainers[0].trainer
+      with strategy.scope():
+        multiply_adds = count_forward_multiply_adds(baseline.model,
+                                                    baseline.config.image_size)
+    finally:
+      shutil.rmtree(model_dir, ignore_errors=True)
+    gflops = 2 * multiply_adds / 1e9
+    passes = 3 + (1 if FLAGS.train_mode == 'distill' else 0)
+
+    def rates(timing):
+      images_per_sec = FLAGS.train_batch_size / (
+          timing['ms_per_step_median'] / 1000)
+      views_per_sec = images_per_sec * stage.views
+      return images_per_sec, views_per_sec, passes * gflops * views_per_sec / 1000
+
+    images_per_sec, views_per_sec, tflops = rates(timings[0])
+    summary.update(timings[0])
+    summary.update(
+        images_per_sec=images_per_sec, views_per_sec=views_per_sec,
+        model_gflops_per_image=gflops,
+        model_gmacs_per_image=multiply_adds / 1e9,
+        achieved_tflops=tflops, replicas=strategy.num_replicas_in_sync)
+    for (name, _), timing in zip(variants, timings):
+      variant_images, variant_views, _ = rates(timing)
+      rows.append((f'train {name}',
+                   f'{timing["ms_per_step_median"]:.1f} ms/step (min '
+                   f'{timing["ms_per_step_min"]:.1f}, max '
+                   f'{timing["ms_per_step_max"]:.1f}, {timing["timed_steps"]} '
+                   f'steps)',
+                   f'{variant_images:.1f} images/s, {variant_views:.1f} '
+                   f'views/s, first call {timing["first_call_s"]:.1f} s'
+                   + (', NaN/Inf seen' if timing['nonfinite'] else '')
+                   + (f', {timings[0]["ms_per_step_median"] / timing["ms_per_step_median"]:.2f}x baseline speed'
+                      if name != 'baseline' else '')))
+    if len(variants) > 1:
+      summary['variants'] = [
+          dict(variant=name, speedup=(timings[0]['ms_per_step_median'] /
+                                      timing['ms_per_step_median']), **timing)
+          for (name, _), timing in zip(variants[1:], timings[1:])]
+    rows.append(('model', f'{gflops:.3f} GFLOPs/view forward',
+                 f'{tflops:.4f} TFLOPS achieved (baseline)'))
+
+  if FLAGS.component in ('input', 'both'):
+    sizes = [int(size) for size in FLAGS.input_image_sizes]
+    if FLAGS.image_size not in sizes:
+      sizes.insert(0, FLAGS.image_size)
+    datasets = list(FLAGS.input_datasets)
+    if FLAGS.dataset not in datasets:
+      datasets.insert(0, FLAGS.dataset)
+    table = []
+    for dataset in datasets:
+      for size in sizes:
+        rate, reason = time_input(
+            dataset, size, FLAGS.train_batch_size, stage.augmentation,
+            FLAGS.input_batches, FLAGS.input_warmup_batches, FLAGS.data_dir,
+            FLAGS.use_blur, FLAGS.color_jitter_strength, FLAGS.cache_dataset)
+        table.append({'dataset': dataset, 'image_size': size,
+                      'images_per_sec': rate, 'unavailable': reason})
+        rows.append((f'input {dataset} {size}px',
+                     f'{rate:.1f} images/s' if rate else 'unavailable',
+                     reason or f'{stage.augmentation} augmentation, batch '
+                     f'{FLAGS.train_batch_size}'))
+        if dataset == FLAGS.dataset and size == FLAGS.image_size:
+          summary['input_images_per_sec'] = rate
+    summary['input_table'] = table
+    if summary['images_per_sec'] and summary['input_images_per_sec']:
+      summary['input_to_train_ratio'] = (summary['input_images_per_sec'] /
+                                         summary['images_per_sec'])
+      rows.append(('input / train', f'{summary["input_to_train_ratio"]:.2f}x',
+                   'images/s of the input pipeline over the training step'))
+
+  print(f'tf_simclr benchmark: {FLAGS.train_mode}, ResNet-{FLAGS.resnet_depth} '
+        f'x{FLAGS.width_multiplier:g}, {FLAGS.image_size} px, batch '
+        f'{FLAGS.train_batch_size}, {FLAGS.precision}'
+        f'{", XLA" if FLAGS.jit_compile else ""}, {summary["device"]}')
+  width = max(len(row[0]) for row in rows) if rows else 0
+  for name, value, note in rows:
+    print(f'  {name:<{width}}  {value:<48} {note}')
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  summary = run_benchmark()
+  sys.stdout.flush()
+  print(json.dumps(summary, sort_keys=True), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
