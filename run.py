@@ -17,7 +17,6 @@ step (the same command resumes there).
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -104,18 +103,10 @@ flags.DEFINE_string('show_augmentations', None, 'Write a PNG grid of images and 
 
 
 def _config_module():
-  """tf_simclr.config, loaded without running tf_simclr/__init__.py (which
-  imports the model, hence TensorFlow): flag errors then answer in about a
-  second. Registered under its own name, so later imports share it."""
-  name = 'tf_simclr.config'
-  if name not in sys.modules:
-    package = importlib.util.find_spec('tf_simclr')
-    path = os.path.join(package.submodule_search_locations[0], 'config.py')
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-  return sys.modules[name]
+  """tf_simclr.config (imports no TensorFlow: flag errors answer in about a
+  second)."""
+  from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib
 
 
 def config_from_flags():
