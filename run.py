@@ -49,7 +49,7 @@ flags.DEFINE_bool('cache_dataset', False, 'Cache the decoded dataset in memory.'
 flags.DEFINE_string('mode', 'train', 'train, eval or train_then_eval.')
 flags.DEFINE_string('train_mode', 'pretrain', 'pretrain, finetune or distill.')
 flags.DEFINE_bool('lineareval_while_pretraining', True, 'Train a linear classifier on stop_gradient features while pretraining.')
-flags.DEFINE_string('checkpoint', None, 'Weights to start from when model_dir has no checkpoint: a model_dir or checkpoint of this project, a google-research/simclr tf2 checkpoint, or a released SimCLRv2 TF2 SavedModel.')
+flags.DEFINE_string('checkpoint', None, 'Weights to start from when model_dir has no checkpoint: a model_dir or checkpoint of this project, a google-research/simclr tf2 checkpoint, or a released SimCLRv2 TF2 SavedModel; "scratch" finetunes from a random initialisation (a supervised baseline).')
 flags.DEFINE_bool('zero_init_logits_layer', False, 'Start the new supervised head at zero.')
 flags.DEFINE_integer('fine_tune_after_block', -1, 'Finetune the layers after this block: -1 all, 0 after the stem, 1..3 after block group k, 4 only the head. Frozen layers keep fixed BN statistics.')
 flags.DEFINE_string('master', None, 'Address of the TensorFlow master (TPU); same as --tpu_name.')
@@ -78,6 +78,10 @@ flags.DEFINE_float('se_ratio', 0., 'Squeeze-excitation ratio; > 0 enables SE.')
 flags.DEFINE_integer('image_size', 224, 'Input image size; <= 32 uses the CIFAR stem.')
 flags.DEFINE_float('color_jitter_strength', 1.0, 'Strength of colour jittering.')
 flags.DEFINE_boolean('use_blur', True, 'Gaussian blur in pretraining augmentation.')
+
+# Flags of the reference's README commands that change nothing here.
+flags.DEFINE_integer('train_summary_steps', 0, 'Accepted for compatibility; training summaries are written once per loop (--steps_per_loop).')
+flags.DEFINE_string('variable_schema', None, 'Accepted for compatibility (TF1 README commands); which variables a stage restores and trains is decided by --train_mode, --fine_tune_after_block and --ft_proj_selector.')
 
 # ---------------------------------------------------------------- this project's flags
 flags.DEFINE_string('strategy', 'default', 'default (CPU or one GPU), mirrored (local GPUs), multi_worker_mirrored (TF_CONFIG) or tpu.')

@@ -189,3 +189,13 @@ def test_distill_from_finetune_model_dir(pretrain_dir, tmp_path):
   with pytest.raises(teacher_lib.checkpoints.CheckpointError,
                      match='no supervised head|does not exist'):
     teacher_lib.load_teacher(str(tmp_path / 'missing'), 10)
+
+
+def test_finetune_from_scratch_is_the_supervised_baseline(tmp_path):
+  config = _config(tmp_path, 'baseline', train_mode='finetune',
+                   checkpoint=config_lib.SCRATCH_CHECKPOINT,
+                   label_fraction=0.1)
+  config_lib.check_paths(config)  # 'scratch' is not a path to look for.
+  trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy())
+  assert trainer.restore() == 'scratch'
+  assert trainer.num_train_examples == 100  # 10 % of 1024, class-balanced.

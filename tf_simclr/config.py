@@ -22,6 +22,9 @@ PRECISIONS = ('float32', 'bfloat16', 'float16')
 COLOR_JITTER_VERSIONS = ('simclrv1', 'simclrv2')
 
 CONFIG_FILENAME = 'config.json'
+# --checkpoint=scratch: finetune from a random initialisation (the supervised
+# baseline trained on the labeled subset only).
+SCRATCH_CHECKPOINT = 'scratch'
 
 # Fields that define the network; saved in model_dir and compared on restore.
 MODEL_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
@@ -347,7 +350,7 @@ def check_paths(config: 'Config'):
       raise ConfigError(
           f'--model_dir {model_dir} holds a model with ' +
           ', '.join(differences) + '; use the same flags or another --model_dir')
-  if config.checkpoint:
+  if config.checkpoint and config.checkpoint != SCRATCH_CHECKPOINT:
     if not _checkpoint_exists(config.checkpoint):
       raise ConfigError(f'--checkpoint {config.checkpoint} does not exist '
                         '(expected a checkpoint prefix with a .index file, a '

@@ -263,6 +263,10 @@ class Trainer:
       logging.info('Resuming from %s at step %d', latest,
                    self._last_saved_step)
       return 'resumed'
+    if self.config.checkpoint == config_lib.SCRATCH_CHECKPOINT:
+      logging.info('--checkpoint=scratch: training from a random '
+                   'initialisation')
+      return 'scratch'
     if self.config.checkpoint:
       prefix = checkpoints.restore_initial_weights(
           self.model, self.config.checkpoint, include_supervised_head=False)
