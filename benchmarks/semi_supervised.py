@@ -20,9 +20,9 @@ test images:
   python benchmarks/semi_supervised.py --scale=8       # bigger, for a GPU
 
 Writes OUTPUT_DIR/results.json, results.md, accuracy.png, pretraining.png.
-The supervised baseline starts from a random-initialisation checkpoint written
-by this script (run.py's finetune stage needs --checkpoint), finetuned with
---fine_tune_after_block=-1: training from scratch on the subset.
+The supervised baseline is run.py's finetune stage with --checkpoint=scratch
+(a random initialisation) and --fine_tune_after_block=-1: training from
+scratch on the subset.
 """
 
 import argparse
@@ -140,7 +140,6 @@ def estimate_seconds(plan, rates=RATES, overhead=PROCESS_OVERHEAD_S):
         images[f'distill@{fraction}'] / rates['distill'] + overhead)
     estimate[f'distill_small@{fraction}'] = (
         images[f'distill@{fraction}'] / rates['distill_small'] + overhead)
-  estimate['init'] = 20.0
   estimate['total'] = sum(estimate.values())
   return estimate
 
@@ -206,13 +205,13 @@ def finetune_flags(plan, fraction, model_dir, checkpoint):
       '--weight_decay=0', '--warmup_epochs=0']
 
 
-def supervised_flags(plan, fraction, model_dir, init_checkpoint, lr):
+def supervised_flags(plan, fraction, model_dir, lr):
   """From scratch: SGD with momentum, the standard CIFAR ResNet recipe (base
   lr per 256 images, weight decay 5e-4, cosine), more epochs on less data."""
   steps = plan.steps()[f'supervised@{fraction}']
   return common_flags(plan, plan.width) + [
       '--train_mode=finetune', f'--model_dir={model_dir}',
-      f'--checkpoint={init_checkpoint}', f'--label_fraction={fraction}',
+      '--checkpoint=scratch', f'--label_fraction={fraction}',
       f'--train_batch_size={plan.finetune_batch[fraction]}',
       f'--train_steps={steps}', f'--checkpoint_steps={steps}',
       '--ft_proj_selector=0', '--fine_tune_after_block=-1',
@@ -233,35 +232,6 @@ def distill_flags(plan, fraction, model_dir, teacher, width):
       '--ft_proj_selector=0', '--optimizer=momentum', '--learning_rate=0.2',
       '--learning_rate_scaling=linear', '--weight_decay=1e-4',
       '--warmup_epochs=0.1']
-
-
-INIT_CODE = r'''
-import json, sys
-sys.path.insert(0, {repo!r})
-import tensorflow as tf, tf_keras
-import tf_simclr
-from tf_simclr import config as config_lib
-arch = json.loads({arch!r})
-tf_keras.utils.set_random_seed({seed})
-model = tf_simclr.build_model(arch['num_classes'], **{{k: v for k, v in arch.items() if k != 'num_classes'}})
-checkpoint = tf.train.Checkpoint(model=model)
-path = tf.train.CheckpointManager(checkpoint, {model_dir!r}, max_to_keep=1).save(checkpoint_number=0)
-config_lib.write_architecture({model_dir!r}, arch, {{'train_mode': 'pretrain', 'dataset': 'fashion_mnist', 'note': 'random initialisation for the supervised baseline'}})
-print(path)
-'''
-
-
-def init_command(plan, model_dir):
-  """A Python command writing a random-initialisation checkpoint (pretrain
-  architecture, seed plan.seed) with its config.json into model_dir."""
-  arch = {'resnet_depth': plan.depth, 'width_multiplier': plan.width,
-          'sk_ratio': 0.0, 'se_ratio': 0.0, 'image_size': plan.image_size,
-          'proj_head_mode': 'nonlinear', 'num_proj_layers': 3,
-          'proj_out_dim': 128, 'ft_proj_selector': 0,
-          'batch_norm_decay': 0.9, 'num_classes': NUM_CLASSES}
-  code = INIT_CODE.format(repo=REPO, arch=json.dumps(arch), seed=plan.seed,
-                          model_dir=model_dir)
-  return [sys.executable, '-c', code]
 
 
 # ---------------------------------------------------------------- running
@@ -312,15 +282,12 @@ def run_protocol(plan, work_dir, echo=print):
   os.makedirs(log_dir, exist_ok=True)
   timings, extra = {}, {}
   accuracy = {arm: {} for arm in ARMS}
-  dirs = {'pretrain': os.path.join(work_dir, 'pretrain'),
-          'init': os.path.join(work_dir, 'random_init')}
+  dirs = {'pretrain': os.path.join(work_dir, 'pretrain')}
 
   result = run_stage('pretrain', run_py + pretrain_flags(plan, dirs['pretrain']),
                      dirs['pretrain'], log_dir, timings, echo)
   if result:
     extra['pretrain_linear_eval_top_1'] = result['label_top_1_accuracy']
-  run_stage('init', init_command(plan, dirs['init']), dirs['init'], log_dir,
-            timings, echo)
 
   sweep = {}
   for fraction in FRACTIONS:
@@ -338,7 +305,7 @@ def run_protocol(plan, work_dir, echo=print):
       key = f'supervised{tag}' + (f'_lr{lr}' if len(lrs) > 1 else '')
       dirs[key] = os.path.join(work_dir, f'supervised_{fraction}_lr{lr}')
       result = run_stage(key, run_py + supervised_flags(
-          plan, fraction, dirs[key], dirs['init'], lr), dirs[key], log_dir,
+          plan, fraction, dirs[key], lr), dirs[key], log_dir,
                          timings, echo)
       sweep.setdefault(fraction, {})[lr] = result['label_top_1_accuracy']
       if best is None or result['label_top_1_accuracy'] > sweep[fraction][best]:

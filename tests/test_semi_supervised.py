@@ -92,9 +92,9 @@ def test_stage_flags():
   assert '--zero_init_logits_layer' in finetune
   assert '--label_fraction=0.01' in finetune
   assert '--eval_split=test' in finetune
-  supervised = semi.supervised_flags(plan, 0.1, '/m', '/init', 0.4)
+  supervised = semi.supervised_flags(plan, 0.1, '/m', 0.4)
   assert '--fine_tune_after_block=-1' in supervised
-  assert '--checkpoint=/init' in supervised
+  assert '--checkpoint=scratch' in supervised
   small = semi.distill_flags(plan, 0.1, '/m', '/t', plan.student_width)
   assert f'--width_multiplier={plan.student_width}' in small
   assert '--teacher_checkpoint=/t' in small
