@@ -91,8 +91,8 @@ def _supervised_objective(trainer, outputs, labels, extra):
 
 
 def _distill_objective(trainer, outputs, labels, extra):
-  """extra: teacher_logits [n, C] for the first n (unlabeled) rows, and
-  num_labeled: how many rows at the end are labeled (α < 1)."""
+  """extra: teacher_logits [n, C] for the first n (unlabeled) rows; with
+  α < 1 the rows after them are the labeled batch."""
   config = trainer.config
   logits = outputs[model_lib.LOGITS_SUP]
   teacher_logits = extra['teacher_logits']
