@@ -184,7 +184,10 @@ class Trainer:
     with strategy.scope():
       self.model = model_lib.build_model(
           self.num_classes if self._wants_supervised_head() else 0,
-          **config.model_kwargs(),
+          # Synchronised BN changes nothing on one replica but rules out the
+          # fused kernel; the variables are the same either way.
+          **dict(config.model_kwargs(), global_bn=(
+              config.global_bn and strategy.num_replicas_in_sync > 1)),
           fine_tune_after_block=(config.fine_tune_after_block
                                  if self.stage.freezes_blocks else -1),
           supervised_training=self.stage.supervised_training,
