@@ -10,7 +10,6 @@ injected by tests/fault_run.py (a wrapper of run.py used only here).
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys

@@ -25,7 +25,6 @@ forward when distilling. Batch norm, activations and the optimizer update are
 not counted.
 """
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -41,7 +40,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 
 FLAGS = flags.FLAGS
 
@@ -91,17 +89,16 @@ flags.DEFINE_list('input_image_sizes', ['32', '224'], 'Image sizes of the input 
 flags.DEFINE_integer('input_batches', 20, 'Timed batches per input-pipeline measurement.')
 flags.DEFINE_integer('input_warmup_batches', 5, 'Untimed batches before timing the input pipeline.')
 flags.DEFINE_multi_string('variant', [], 'Also time this variant of the flags in the same process, calls interleaved with the baseline\'s, e.g. --variant="jit_compile=true" --variant="steps_per_loop=1 precision=bfloat16". Reported as ratios to the baseline (the flags as given).')
-flags.DEFINE_bool('experimental_fused_batch_norm', False, 'Measure a proposed change: fused batch norm in the backbone when BN is not synchronised (monkeypatches tf_simclr.resnet.BatchNormRelu for this process).')
 
 # What a --variant may change (the same model, batch and stage throughout).
 VARIANT_FLAGS = ('steps_per_loop', 'jit_compile', 'precision', 'feed',
-                 'global_bn', 'optimizer', 'experimental_fused_batch_norm')
+                 'global_bn', 'optimizer')
 TIMED_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
                'image_size', 'proj_head_mode', 'num_proj_layers',
                'proj_out_dim', 'global_bn', 'optimizer', 'train_batch_size',
                'precision', 'jit_compile', 'steps_per_loop', 'strategy',
                'cpu_replicas', 'steps', 'warmup_steps', 'component', 'feed',
-               'dataset', 'use_blur', 'experimental_fused_batch_norm')
+               'dataset', 'use_blur')
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -163,26 +160,6 @@ def device_description():
   except OSError:
     pass
   return f'CPU: {name} ({os.cpu_count()} cores)'
-
-
-@contextlib.contextmanager
-def fused_batch_norm_patch(enabled):
-  """While active, backbone BN layers that are not synchronised are built
-  fused (one kernel); measures the change proposed in docs/performance.md
-  without editing resnet.py."""
-  from tf_simclr import resnet  # pylint: disable=g-import-not-at-top
-  original = resnet.BatchNormRelu.__init__
-
-  def init(self, *args, **kwargs):
-    original(self, *args, **kwargs)
-    if not self.bn.synchronized:
-      self.bn.fused = None  # Decided in build(): fused for 4-D inputs.
-  if enabled:
-    resnet.BatchNormRelu.__init__ = init
-  try:
-    yield
-  finally:
-    resnet.BatchNormRelu.__init__ = original
 
 
 def parse_variant(text):
@@ -401,8 +378,7 @@ def run_benchmark():
                                teacher_dir)
         config = make_config(os.path.join(run_dir, 'model'), teacher_dir,
                              overrides)
-        with fused_batch_norm_patch(setting('experimental_fused_batch_norm')):
-          trainer = trainer_lib.Trainer(config, strategy)
+        trainer = trainer_lib.Trainer(config, strategy)
         timed_trainers.append(TimedTrainer(trainer, setting('steps_per_loop'),
                                            setting('feed')))
       timings = time_training(timed_trainers, FLAGS.steps, FLAGS.warmup_steps)
