@@ -15,7 +15,7 @@ test images:
                  (student from scratch) on all training images, no labels;
   distill_small  the same teacher distilled into a half-width student.
 
-  python benchmarks/semi_supervised.py                 # ~45 min on 2 CPU cores
+  python benchmarks/semi_supervised.py                 # ~26 min on 2 idle CPU cores
   python benchmarks/semi_supervised.py --quick         # plumbing check
   python benchmarks/semi_supervised.py --scale=8       # bigger, for a GPU
 
