@@ -123,6 +123,10 @@ SCRIPT = textwrap.dedent(r'''
               if isinstance(layer, tf_keras.layers.BatchNormalization)]
 
 
+    # float64 inside the network: one replica's full-batch moments and two
+    # replicas' all-reduced ones are then equal to ~1e-12, where float32
+    # rounding through a ResNet moves some outputs by ~1e-4.
+    tf_keras.backend.set_floatx('float64')
     reference = build_model(0, global_bn=True, **MODEL)
     # Random gammas and betas, so no residual branch starts at zero.
     for layer in batch_norms(reference):
