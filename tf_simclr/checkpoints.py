@@ -24,7 +24,6 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from tf_simclr import config as config_lib
 
 
 class CheckpointError(ValueError):
@@ -169,19 +168,6 @@ def remove_partial_checkpoint(prefix):
 def _first_line(error):
   text = str(error).strip() or type(error).__name__
   return text.splitlines()[0]
-
-
-def check_architecture(model_dir, architecture):
-  """Raises ConfigError when model_dir was trained with another architecture."""
-  saved = config_lib.read_architecture(model_dir)
-  if saved is None:
-    return
-  differences = config_lib.architecture_differences(saved, architecture,
-                                                    list(architecture))
-  if differences:
-    raise config_lib.ConfigError(
-        f'model_dir {model_dir} holds a model with ' + ', '.join(differences) +
-        '; use the same flags or another --model_dir')
 
 
 def restore_initial_weights(model, path, include_supervised_head):

@@ -284,6 +284,20 @@ def architecture_differences(saved: dict, wanted: dict, names) -> list:
                                                            wanted[name])]
 
 
+def check_saved_architecture(model_dir: str, architecture: dict):
+  """Raises ConfigError when model_dir/config.json records another value for
+  any field of `architecture` (a run there would resume a different model)."""
+  saved = read_architecture(model_dir)
+  if saved is None:
+    return
+  differences = architecture_differences(saved, architecture,
+                                         list(architecture))
+  if differences:
+    raise ConfigError(
+        f'--model_dir {model_dir} holds a model with ' +
+        ', '.join(differences) + '; use the same flags or another --model_dir')
+
+
 def has_checkpoint(model_dir: str) -> bool:
   """True when model_dir has a checkpoint state file (TF's 'checkpoint')
   or any ckpt-N.index: a run there would resume rather than start."""
@@ -341,15 +355,10 @@ def check_paths(config: 'Config'):
   model_dir = config.model_dir
   check_model_dir_writable(model_dir)
   resumes = has_checkpoint(model_dir)
-  saved = read_architecture(model_dir)
-  if saved is not None:
-    names = [name for name in MODEL_FIELDS
-             if not (name == 'num_classes' and not config.num_classes)]
-    differences = architecture_differences(saved, config.architecture(), names)
-    if differences:
-      raise ConfigError(
-          f'--model_dir {model_dir} holds a model with ' +
-          ', '.join(differences) + '; use the same flags or another --model_dir')
+  architecture = config.architecture()
+  if not config.num_classes:  # Taken from the dataset later: not known here.
+    del architecture['num_classes']
+  check_saved_architecture(model_dir, architecture)
   if config.checkpoint and config.checkpoint != SCRATCH_CHECKPOINT:
     if not _checkpoint_exists(config.checkpoint):
       raise ConfigError(f'--checkpoint {config.checkpoint} does not exist '

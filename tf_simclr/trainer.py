@@ -102,9 +102,8 @@ def _distill_objective(trainer, outputs, labels, extra):
                                          config.distill_temperature)
   loss = config.distill_alpha * distill
   logs = {'distill_loss': distill,
-          'teacher_agreement': tf.reduce_mean(tf.cast(tf.equal(
-              tf.argmax(student_logits, -1), tf.argmax(teacher_logits, -1)),
-                                                      tf.float32))}
+          'teacher_agreement': _accuracy(tf.argmax(teacher_logits, -1),
+                                         student_logits)}
   if config.distill_alpha < 1:
     labeled_logits = logits[num_unlabeled:]
     supervised = objectives.supervised_loss(labels, labeled_logits)
@@ -259,7 +258,8 @@ class Trainer:
   def restore(self):
     """Resume from model_dir > start from --checkpoint > scratch. Returns
     a word saying which."""
-    checkpoints.check_architecture(self.config.model_dir, self.architecture)
+    config_lib.check_saved_architecture(self.config.model_dir,
+                                        self.architecture)
     latest = checkpoints.restore_latest(self.checkpoint, self.config.model_dir)
     if latest:
       self._last_saved_step = int(self.global_step.numpy())
