@@ -90,6 +90,7 @@ flags.DEFINE_integer('cpu_replicas', 0, 'With --strategy=mirrored on a machine w
 flags.DEFINE_integer('steps_per_loop', 0, 'Training steps per tf.function call (0: min(checkpoint interval, 100)).')
 flags.DEFINE_string('precision', 'float32', 'float32, bfloat16 or float16 (mixed precision; losses in float32).')
 flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.')
+flags.DEFINE_string('blur_placement', 'auto', 'Where pretraining blurs views: input (the tf.data pipeline, on the host CPU), device (the training step, on the GPU/TPU; frees the host at 224 px) or auto (device on a GPU or TPU, input on a CPU).')
 flags.DEFINE_string('color_jitter_version', 'simclrv2', 'simclrv2 (multiplicative brightness) or simclrv1.')
 flags.DEFINE_float('label_fraction', 1.0, 'Fraction of the train split with labels (class-balanced; 0.01 and 0.1 in the paper).')
 flags.DEFINE_integer('label_seed', 0, 'Seed choosing the labeled subset.')

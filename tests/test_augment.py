@@ -235,3 +235,76 @@ def test_finetune_is_crop_and_flip_only():
       [0.2, 0.5, 0.9], results.shape), atol=1e-5)
   assert math.isclose(float(results.mean()), (0.2 + 0.5 + 0.9) / 3,
                       rel_tol=1e-4)
+
+
+# ---------------------------------------------------------------- blur on device
+def _numpy_blur(image, sigma, kernel_size):
+  """Separable Gaussian, zero padding, written with np.convolve."""
+  radius = kernel_size // 2
+  x = np.arange(-radius, radius + 1, dtype=np.float64)
+  kernel = np.exp(-x ** 2 / (2 * sigma ** 2))
+  kernel /= kernel.sum()
+  rows = np.apply_along_axis(lambda v: np.convolve(v, kernel, 'same'), 0,
+                             image.astype(np.float64))
+  return np.apply_along_axis(lambda v: np.convolve(v, kernel, 'same'), 1,
+                             rows)
+
+
+def test_batch_blur_is_each_images_own_gaussian():
+  images = np.random.RandomState(1).uniform(0, 1, (4, 21, 17, 3))
+  sigmas = np.array([0.1, 0.6, 1.2, 2.0])
+  blurred = augment.batch_gaussian_blur(
+      tf.constant(images, tf.float32), tf.constant(sigmas, tf.float32),
+      7).numpy()
+  for image, sigma, result in zip(images, sigmas, blurred):
+    np.testing.assert_allclose(result, _numpy_blur(image, sigma, 7),
+                               atol=1e-5)
+
+
+def _impulse_centres(images):
+  return images[:, 8, 8, 0]
+
+
+def _expected_centre_cdf(values, kernel_size):
+  """P(centre <= v) for an impulse blurred as the paper says: untouched
+  (centre 1) with p 0.5, else a Gaussian of sigma ~ U[0.1, 2], whose centre
+  is k0(sigma)^2 with k0 = 1 / sum_x exp(-x^2 / (2 sigma^2))."""
+  radius = kernel_size // 2
+  x = np.arange(-radius, radius + 1)
+  sigma = np.linspace(*augment.BLUR_SIGMA_RANGE, 20001)
+  centres = (1. / np.exp(-x[np.newaxis] ** 2 /
+                         (2 * sigma[:, np.newaxis] ** 2)).sum(1)) ** 2
+  return np.array([0.5 * (v >= 1) + 0.5 * np.mean(centres <= v)
+                   for v in values])
+
+
+@pytest.mark.parametrize('where', ['pipeline', 'device'])
+def test_random_blur_distribution_in_pipeline_and_on_device(where):
+  """Coin p 0.5 and sigma ~ U[0.1, 2] per image, in both placements: the
+  centre of a blurred impulse follows the distribution that implies
+  (Kolmogorov-Smirnov distance over 2000 draws)."""
+  impulse = np.zeros((17, 17, 3), np.float32)
+  impulse[8, 8] = 1.
+  impulse = tf.constant(impulse)
+  if where == 'pipeline':
+    results = _many(lambda x: augment.random_blur(x, 64), impulse)
+  else:
+    results = augment.batch_random_blur(
+        tf.repeat(impulse[tf.newaxis], DRAWS, axis=0), 64,
+        seed=tf.constant([7, 8], tf.int64)).numpy()
+  centres = _impulse_centres(results)
+  grid = np.concatenate([np.linspace(0., 1., 401)[:-1], [1. - 1e-7, 1.]])
+  empirical = np.array([np.mean(centres <= v) for v in grid])
+  expected = _expected_centre_cdf(grid, augment.blur_kernel_size(64))
+  assert np.max(np.abs(empirical - expected)) < 0.05
+
+
+def test_batch_random_blur_keeps_dtype_and_is_seeded():
+  images = tf.cast(tf.random.uniform([6, 40, 40, 3]), tf.bfloat16)
+  seed = tf.constant([1, 2], tf.int64)
+  first = augment.batch_random_blur(images, 64, seed=seed)
+  assert first.dtype == tf.bfloat16
+  np.testing.assert_array_equal(
+      first.numpy(), augment.batch_random_blur(images, 64, seed=seed).numpy())
+  assert not np.array_equal(first.numpy(), augment.batch_random_blur(
+      images, 64, seed=tf.constant([1, 3], tf.int64)).numpy())

@@ -199,3 +199,40 @@ def test_finetune_from_scratch_is_the_supervised_baseline(tmp_path):
   trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy())
   assert trainer.restore() == 'scratch'
   assert trainer.num_train_examples == 100  # 10 % of 1024, class-balanced.
+
+
+@pytest.mark.parametrize('placement, image_size, expected', [
+    ('auto', 48, False),     # On a CPU, auto keeps the blur in the pipeline.
+    ('input', 48, False),
+    ('device', 48, True),
+    ('device', 32, False),   # No blur at <= 32 px (the CIFAR variant).
+])
+def test_blur_placement(tmp_path, placement, image_size, expected):
+  config = _config(tmp_path, 'pretrain', image_size=image_size,
+                   blur_placement=placement)
+  trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy())
+  assert trainer.blur_on_device == expected
+  # The pipeline blurs exactly when the step does not.
+  assert trainer.train_input.use_blur == (not expected)
+  finetune = trainer_lib.Trainer(
+      _config(tmp_path, 'finetune', train_mode='finetune',
+              image_size=image_size, blur_placement=placement,
+              checkpoint=config_lib.SCRATCH_CHECKPOINT),
+      tf.distribute.get_strategy())
+  assert not finetune.blur_on_device
+
+
+def test_device_blur_trains_and_draws_per_step_and_replica(tmp_path):
+  config = _config(tmp_path, 'pretrain', image_size=48,
+                   blur_placement='device')
+  trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy())
+  images = tf.random.uniform([64, 48, 48, 3])
+  blur = tf.function(trainer._device_blur)  # pylint: disable=protected-access
+  first = blur(images).numpy()
+  changed = np.any(np.abs(first - images.numpy()) > 1e-6, axis=(1, 2, 3))
+  assert 0 < changed.sum() < 64  # Each image its own coin.
+  np.testing.assert_array_equal(first, blur(images).numpy())
+  trainer.global_step.assign_add(1)
+  assert not np.array_equal(first, blur(images).numpy())  # A new step.
+  result = trainer.train()
+  assert np.isfinite(result['total_loss'])

@@ -22,7 +22,9 @@ input pipeline).
 
 Difference from the reference: the reference blurs a whole batch inside the
 model with one sigma shared by the batch (`batch_random_blur`); here each image
-draws its own sigma, in the input pipeline.
+draws its own sigma, in the input pipeline (`random_blur`) or, with
+`--blur_placement=device`, in the training step on the accelerator
+(`batch_random_blur`, the same distribution).
 """
 
 import math
@@ -302,6 +304,57 @@ def random_blur(image, image_size: int,
     return tf.clip_by_value(gaussian_blur(x, sigma, kernel_size), 0., 1.)
 
   return _apply_with_probability(blur, image, probability, seed)
+
+
+def batch_gaussian_blur(images: tf.Tensor, sigma: tf.Tensor,
+                        kernel_size: int) -> tf.Tensor:
+  """`gaussian_blur` of every image of a batch with its own sigma, in one
+  pair of depthwise convolutions: the N images are laid side by side on the
+  channel axis, each channel with its own image's kernel.
+
+  images: float32 [N, H, W, C]; sigma: float32 [N] in pixels.
+  """
+  shape = tf.shape(images)
+  n, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+  radius = kernel_size // 2
+  offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernels = tf.exp(-tf.square(offsets)[tf.newaxis] /
+                   (2. * tf.square(sigma)[:, tf.newaxis]))
+  kernels /= tf.reduce_sum(kernels, axis=1, keepdims=True)  # [N, k]
+  # [k, N·C], image-major like the channel axis of `side_by_side`.
+  kernels = tf.transpose(tf.repeat(kernels, channels, axis=0))
+  side_by_side = tf.reshape(tf.transpose(images, [1, 2, 0, 3]),
+                            [1, height, width, n * channels])
+  out = tf.nn.depthwise_conv2d(
+      side_by_side, tf.reshape(kernels, [kernel_size, 1, -1, 1]),
+      [1, 1, 1, 1], 'SAME')
+  out = tf.nn.depthwise_conv2d(
+      out, tf.reshape(kernels, [1, kernel_size, -1, 1]), [1, 1, 1, 1], 'SAME')
+  return tf.transpose(tf.reshape(out, [height, width, n, channels]),
+                      [2, 0, 1, 3])
+
+
+def batch_random_blur(images: tf.Tensor, image_size: int,
+                      probability: float = BLUR_PROBABILITY,
+                      seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """`random_blur` on every image of a batch at once, for the training step
+  (`--blur_placement=device`): each image flips its own coin and draws its
+  own sigma, as in the input pipeline, so both placements give views of the
+  same distribution.
+
+  images: [N, H, W, C] in [0, 1], any float dtype (computed in float32,
+  returned in the input dtype). seed: None or an int [2] tensor (stateless
+  draws).
+  """
+  x = tf.cast(images, tf.float32)
+  n = tf.shape(x)[0]
+  coin_seed, sigma_seed = _split_seed(seed, 2)
+  chosen = _uniform([n], 0., 1., coin_seed) < probability
+  sigma = _uniform([n], *BLUR_SIGMA_RANGE, sigma_seed)
+  out = tf.clip_by_value(
+      batch_gaussian_blur(x, sigma, blur_kernel_size(image_size)), 0., 1.)
+  out = tf.where(chosen[:, tf.newaxis, tf.newaxis, tf.newaxis], out, x)
+  return tf.cast(out, images.dtype)
 
 
 # ---------------------------------------------------------------- composed

@@ -77,6 +77,7 @@ flags.DEFINE_integer('num_gpus', 0, 'GPUs for --strategy=mirrored (0: all).')
 flags.DEFINE_string('dataset', 'synthetic', 'Dataset of the input pipeline whose images/s goes into the JSON line.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 flags.DEFINE_bool('use_blur', True, 'Gaussian blur in pretraining augmentation.')
+flags.DEFINE_enum('blur_placement', 'auto', ['auto', 'input', 'device'], 'Where pretraining blurs (as run.py): input pipeline, training step, or auto (the step on a GPU/TPU). The input table leaves blur out when the step does it.')
 flags.DEFINE_float('color_jitter_strength', 1.0, 'Strength of colour jittering.')
 flags.DEFINE_bool('cache_dataset', False, 'Cache the decoded dataset in memory.')
 # Benchmark flags.
@@ -92,13 +93,13 @@ flags.DEFINE_multi_string('variant', [], 'Also time this variant of the flags in
 
 # What a --variant may change (the same model, batch and stage throughout).
 VARIANT_FLAGS = ('steps_per_loop', 'jit_compile', 'precision', 'feed',
-                 'global_bn', 'optimizer')
+                 'global_bn', 'optimizer', 'blur_placement')
 TIMED_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
                'image_size', 'proj_head_mode', 'num_proj_layers',
                'proj_out_dim', 'global_bn', 'optimizer', 'train_batch_size',
                'precision', 'jit_compile', 'steps_per_loop', 'strategy',
                'cpu_replicas', 'steps', 'warmup_steps', 'component', 'feed',
-               'dataset', 'use_blur')
+               'dataset', 'use_blur', 'blur_placement')
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -431,19 +432,28 @@ def run_benchmark():
     datasets = list(FLAGS.input_datasets)
     if FLAGS.dataset not in datasets:
       datasets.insert(0, FLAGS.dataset)
+    # As Trainer decides: with the blur in the training step, the pipeline
+    # does not blur.
+    on_accelerator = (FLAGS.strategy == 'tpu' or
+                      bool(tf.config.list_logical_devices('GPU')))
+    input_blurs = FLAGS.use_blur and (
+        FLAGS.blur_placement == 'input' or
+        (FLAGS.blur_placement == 'auto' and not on_accelerator))
+    summary['input_blur'] = input_blurs
     table = []
     for dataset in datasets:
       for size in sizes:
         rate, reason = time_input(
             dataset, size, FLAGS.train_batch_size, stage.augmentation,
             FLAGS.input_batches, FLAGS.input_warmup_batches, FLAGS.data_dir,
-            FLAGS.use_blur, FLAGS.color_jitter_strength, FLAGS.cache_dataset)
+            input_blurs, FLAGS.color_jitter_strength, FLAGS.cache_dataset)
         table.append({'dataset': dataset, 'image_size': size,
                       'images_per_sec': rate, 'unavailable': reason})
         rows.append((f'input {dataset} {size}px',
                      f'{rate:.1f} images/s' if rate else 'unavailable',
                      reason or f'{stage.augmentation} augmentation, batch '
-                     f'{FLAGS.train_batch_size}'))
+                     f'{FLAGS.train_batch_size}'
+                     f'{"" if input_blurs or stage.augmentation != "pretrain" else ", blur in the step"}'))
         if dataset == FLAGS.dataset and size == FLAGS.image_size:
           summary['input_images_per_sec'] = rate
     summary['input_table'] = table

@@ -19,6 +19,10 @@ LR_SCALINGS = ('linear', 'sqrt')
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
 STRATEGIES = ('default', 'mirrored', 'multi_worker_mirrored', 'tpu')
 PRECISIONS = ('float32', 'bfloat16', 'float16')
+# Where pretraining's Gaussian blur runs: in the tf.data input pipeline, in
+# the training step on the accelerator, or auto (the step on a GPU or TPU,
+# the input pipeline on a CPU).
+BLUR_PLACEMENTS = ('auto', 'input', 'device')
 COLOR_JITTER_VERSIONS = ('simclrv1', 'simclrv2')
 
 CONFIG_FILENAME = 'config.json'
@@ -74,6 +78,7 @@ class Config:
   color_jitter_strength: float = 1.0
   color_jitter_version: str = 'simclrv2'
   use_blur: bool = True
+  blur_placement: str = 'auto'
   label_fraction: float = 1.0
   label_seed: int = 0
   unlabeled_split: Optional[str] = None
@@ -135,6 +140,7 @@ class Config:
     enum('proj_head_mode', PROJ_HEAD_MODES)
     enum('strategy', STRATEGIES)
     enum('precision', PRECISIONS)
+    enum('blur_placement', BLUR_PLACEMENTS)
     enum('color_jitter_version', COLOR_JITTER_VERSIONS)
     for name in ('train_batch_size', 'eval_batch_size', 'image_size',
                  'proj_out_dim'):

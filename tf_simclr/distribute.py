@@ -56,3 +56,16 @@ def split_cpu_into_logical_devices(count):
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration()] * count)
   return [f'/cpu:{index}' for index in range(count)]
+
+
+def runs_on_accelerator(strategy):
+  """True when the strategy's replicas run on GPUs or TPUs, not the CPU."""
+  if isinstance(strategy, (tf.distribute.TPUStrategy,
+                           tf.distribute.experimental.TPUStrategy)):
+    return True
+  try:
+    devices = strategy.extended.worker_devices
+  except RuntimeError:  # The default strategy: one GPU if there is one.
+    return bool(tf.config.list_logical_devices('GPU'))
+  return any(tf.DeviceSpec.from_string(device).device_type in ('GPU', 'TPU')
+             for device in devices)

@@ -27,6 +27,7 @@ Reliability (tests/test_faults.py shows each):
 import dataclasses
 import json
 import os
+import random
 import signal
 import tempfile
 import threading
@@ -36,6 +37,7 @@ from absl import logging
 import tensorflow as tf
 import tf_keras
 
+from tf_simclr import augment
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import data
@@ -155,10 +157,23 @@ class Trainer:
     self._last_saved_step = None
     self._all_finite = None
 
+    # Pretraining's blur in the training step instead of the input pipeline:
+    # the same views, but the accelerator does the work, not the host CPU.
+    self.blur_on_device = (
+        self.stage.augmentation == 'pretrain' and config.use_blur and
+        config.image_size > augment.SMALL_IMAGE_SIZE and
+        (config.blur_placement == 'device' or
+         (config.blur_placement == 'auto' and
+          distribute.runs_on_accelerator(strategy))))
+    # Stateless blur draws: seeded by (this, step, replica).
+    self._blur_seed = (config.seed if config.deterministic
+                       else random.randrange(2**31))
     self.train_input = self._input_config(
         split=config.train_split, augmentation=self.stage.augmentation,
         batch_size=config.train_batch_size, subset=self.stage.train_subset,
         is_training=True)
+    if self.blur_on_device:
+      self.train_input = self._replace_input(self.train_input, use_blur=False)
     if config.train_mode == 'distill' and config.unlabeled_split:
       self.train_input = self._replace_input(
           self.train_input, split=config.unlabeled_split, subset='all')
@@ -304,6 +319,8 @@ class Trainer:
     if self.stage.views > 1:
       # [b, H, W, 3·V] -> [V·b, H, W, 3]: view v of every image, then v + 1.
       images = tf.concat(tf.split(images, self.stage.views, axis=-1), axis=0)
+    if self.blur_on_device:
+      images = self._device_blur(images)
     if self.teacher is not None:
       extra['teacher_logits'] = tf.stop_gradient(self.teacher(images))
     if labeled_batch is not None:
@@ -337,6 +354,18 @@ class Trainer:
     logs.update(total_loss=loss, weight_decay=weight_decay)
     for name, value in logs.items():
       self.metrics[name].update_state(value)
+
+  def _device_blur(self, images):
+    """augment.batch_random_blur with a stateless seed that differs for
+    every step and replica."""
+    replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+    step = tf.cast(self.global_step, tf.int64)
+    seed = tf.stack([
+        tf.constant(self._blur_seed, tf.int64),
+        step * self.strategy.num_replicas_in_sync +
+        tf.cast(replica_id, tf.int64)])
+    return augment.batch_random_blur(images, self.config.image_size,
+                                     seed=seed)
 
   def _multi_worker(self):
     in_multi_worker_mode = getattr(self.strategy.extended,
@@ -577,6 +606,9 @@ class Trainer:
                                  cache=False)
     images, _ = next(iter(data.build_dataset(sample)))
     views = tf.split(images, self.stage.views, axis=-1)
+    if self.blur_on_device:  # What the training step will see.
+      views = [augment.batch_random_blur(view, self.config.image_size)
+               for view in views]
     with writer.as_default(step=0):
       for index, view in enumerate(views):
         tf.summary.image(f'augmented_view_{index + 1}', view, max_outputs=count)
