@@ -18,7 +18,7 @@ TINY = ('--resnet_depth=18', '--width_multiplier=0.125', '--image_size=32',
         '--train_batch_size=8', '--steps=2', '--steps_per_loop=2',
         '--warmup_steps=0', '--input_datasets=synthetic',
         '--input_image_sizes=32', '--input_batches=2',
-        '--input_warmup_batches=1')
+        '--input_warmup_batches=1', '--peak_matrix_size=256')
 
 
 def run_benchmark(*flags):
@@ -77,6 +77,23 @@ def test_cli_prints_table_then_json_with_sane_values():
   (variant,) = summary['variants']
   assert variant['variant'] == 'feed=dataset'
   assert variant['ms_per_step_median'] > 0 and not variant['nonfinite']
+  # The attainable matmul peak, and the step as a fraction of it.
+  assert summary['matmul_peak_size'] == 256
+  peaks = summary['matmul_peak_tflops']
+  assert set(peaks) == {'float32', 'bfloat16'} and min(peaks.values()) > 0
+  assert summary['fraction_of_peak'] == pytest.approx(
+      summary['achieved_tflops'] / peaks['float32'])
+  assert variant['fraction_of_peak'] == pytest.approx(
+      variant['achieved_tflops'] / peaks['float32'])
+
+
+def test_matmul_peak_counts_two_flops_per_multiply_add(monkeypatch):
+  """With the clock made to advance 1 s per call, 8 chained 64x64 matmuls
+  are 8 * 2 * 64^3 FLOPs per second."""
+  ticks = iter(range(1000))
+  monkeypatch.setattr(benchmark.time, 'perf_counter', lambda: next(ticks))
+  assert benchmark.matmul_peak_tflops('float32', 64, chain=8) == (
+      pytest.approx(8 * 2 * 64**3 / 1e12))
 
 
 def test_forward_flops_of_resnet50_at_224_px():

@@ -89,6 +89,8 @@ flags.DEFINE_list('input_datasets', ['synthetic', 'fashion_mnist'], 'Datasets of
 flags.DEFINE_list('input_image_sizes', ['32', '224'], 'Image sizes of the input table (--image_size is always included).')
 flags.DEFINE_integer('input_batches', 20, 'Timed batches per input-pipeline measurement.')
 flags.DEFINE_integer('input_warmup_batches', 5, 'Untimed batches before timing the input pipeline.')
+flags.DEFINE_bool('measure_peak', True, 'Also time a large matrix multiplication in float32 and bfloat16 (the attainable peak of this device) and report the step as a fraction of its precision\'s peak.')
+flags.DEFINE_integer('peak_matrix_size', 0, 'Size n of the n x n matmul of --measure_peak (0: 8192 on a GPU/TPU, 2048 on a CPU).')
 flags.DEFINE_multi_string('variant', [], 'Also time this variant of the flags in the same process, calls interleaved with the baseline\'s, e.g. --variant="jit_compile=true" --variant="steps_per_loop=1 precision=bfloat16". Reported as ratios to the baseline (the flags as given).')
 
 # What a --variant may change (the same model, batch and stage throughout).
@@ -141,6 +143,34 @@ def _graph_multiply_adds(graph):
       if function is not None:
         total += _graph_multiply_adds(function.graph)
   return total
+
+
+# ---------------------------------------------------------------- peak
+def matmul_peak_tflops(dtype_name, size, chain=8, calls=5):
+  """TFLOPS of n x n matrix multiplications in `dtype_name` on the default
+  device: `chain` dependent matmuls per tf.function call (so launch and
+  host costs vanish), median over `calls` calls after a first (tracing) one.
+  On GPUs TensorFlow runs float32 matmuls as TF32 unless that is turned off,
+  so 'float32' is what the float32 model gets there too."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  dtype = tf.as_dtype(dtype_name)
+  # Orthogonal-ish scaling keeps the chained products bounded.
+  a = tf.cast(tf.random.normal([size, size]), dtype)
+  b = tf.cast(tf.random.normal([size, size], stddev=size ** -0.5), dtype)
+
+  @tf.function
+  def run(a, b):
+    for _ in range(chain):
+      a = tf.matmul(a, b)
+    return tf.reduce_sum(tf.cast(a[:1, :1], tf.float32))
+
+  run(a, b).numpy()
+  seconds = []
+  for _ in range(calls):
+    started = time.perf_counter()
+    run(a, b).numpy()
+    seconds.append(time.perf_counter() - started)
+  return 2 * size ** 3 * chain / statistics.median(seconds) / 1e12
 
 
 # ---------------------------------------------------------------- setup
@@ -424,6 +454,29 @@ def run_benchmark():
           for (name, _), timing in zip(variants[1:], timings[1:])]
     rows.append(('model', f'{gflops:.3f} GFLOPs/view forward',
                  f'{tflops:.4f} TFLOPS achieved (baseline)'))
+    if FLAGS.measure_peak:
+      accelerated = bool(tf.config.list_logical_devices('GPU') or
+                         FLAGS.strategy == 'tpu')
+      size = FLAGS.peak_matrix_size or (8192 if accelerated else 2048)
+      peaks = {name: matmul_peak_tflops(name, size)
+               for name in ('float32', 'bfloat16')}
+      # Mixed float16 runs its matmuls in float16: time that too.
+      if 'float16' in [FLAGS.precision] + [
+          overrides.get('precision') for _, overrides in variants]:
+        peaks['float16'] = matmul_peak_tflops('float16', size)
+      compute = 'float32' if FLAGS.precision == 'float32' else FLAGS.precision
+      summary.update(matmul_peak_tflops=peaks, matmul_peak_size=size,
+                     fraction_of_peak=tflops / peaks[compute])
+      rows.append(('matmul peak', ', '.join(
+          f'{name} {value:.3f}' for name, value in peaks.items()) + ' TFLOPS',
+                   f'{size}x{size}; the step reaches '
+                   f'{100 * tflops / peaks[compute]:.0f} % of {compute}\'s'))
+      for variant in summary.get('variants', []):
+        overrides = dict(variants)[variant['variant']]
+        precision = overrides.get('precision', FLAGS.precision)
+        variant_tflops = rates(variant)[2]
+        variant.update(achieved_tflops=variant_tflops,
+                       fraction_of_peak=variant_tflops / peaks[precision])
 
   if FLAGS.component in ('input', 'both'):
     sizes = [int(size) for size in FLAGS.input_image_sizes]
