@@ -343,7 +343,10 @@ class Trainer:
       gradients = self.optimizer.get_unscaled_gradients(gradients)
     pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
     finite = tf.math.is_finite(loss)
-    if pairs:
+    # With float16 loss scaling, gradients that overflow are the scaler's
+    # business: it skips that update and lowers the scale.
+    if pairs and not isinstance(self.optimizer,
+                                tf_keras.mixed_precision.LossScaleOptimizer):
       finite = tf.logical_and(finite, tf.math.is_finite(
           tf.linalg.global_norm([g for g, _ in pairs])))
     step = self.global_step + 0
