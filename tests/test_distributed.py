@@ -259,3 +259,16 @@ def test_local_bn_differs_from_one_replica(results):
   expected = [np.asarray(v) for v in single['moving'][1::2]]
   assert any(not np.allclose(a, b, rtol=1e-3)
              for a, b in zip(variances, expected))
+
+
+@pytest.mark.parametrize('flags, expected', [
+    ('fpu avx2 avx512f avx512_bf16 fma', True),    # Zen 4, Cooper Lake
+    ('fpu avx2 avx512f amx_bf16 amx_tile', True),  # Sapphire Rapids
+    ('fpu avx2 avx512f avx512_vnni fma', False),   # Skylake, Zen 3
+])
+def test_cpu_has_fast_bfloat16_reads_the_cpu_flags(tmp_path, flags, expected):
+  from tf_simclr import distribute  # pylint: disable=import-outside-toplevel
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text(f'processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n')
+  assert distribute.cpu_has_fast_bfloat16(str(cpuinfo)) == expected
+  assert not distribute.cpu_has_fast_bfloat16(str(tmp_path / 'missing'))

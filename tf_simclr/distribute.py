@@ -69,3 +69,22 @@ def runs_on_accelerator(strategy):
     return bool(tf.config.list_logical_devices('GPU'))
   return any(tf.DeviceSpec.from_string(device).device_type in ('GPU', 'TPU')
              for device in devices)
+
+
+# CPU features with bfloat16 arithmetic that oneDNN uses: AVX-512 BF16
+# (Cooper Lake, Zen 4 and later) and AMX (Sapphire Rapids and later).
+FAST_BFLOAT16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def cpu_has_fast_bfloat16(cpuinfo_path='/proc/cpuinfo'):
+  """True when the CPU (Linux) has bfloat16 instructions; False when it
+  has not or when that cannot be read."""
+  try:
+    with open(cpuinfo_path) as f:
+      for line in f:
+        if line.startswith('flags'):
+          return bool(set(line.split(':', 1)[1].split()) &
+                      set(FAST_BFLOAT16_CPU_FLAGS))
+  except OSError:
+    pass
+  return False
