@@ -195,12 +195,14 @@ def test_blur_of_an_impulse_is_the_2d_gaussian_and_keeps_constants():
   np.testing.assert_allclose(constant.numpy()[4:-4, 4:-4], 0.6, atol=1e-6)
 
 
-def test_blur_probability_half_and_sigma_per_image():
+def test_blur_draws_a_sigma_per_image():
+  """The blurred images are not all the same. (The probability and the
+  sigma range: test_random_blur_distribution_in_pipeline_and_on_device; a
+  blur of sigma near 0.1 changes no pixel, so counting changed images
+  under-counts the coin.)"""
   image = _colourful_image(16, 16)
   results = _many(lambda x: augment.random_blur(x, 64), image, count=1000)
   blurred = np.any(np.abs(results - image.numpy()) > 1e-6, axis=(1, 2, 3))
-  assert abs(blurred.mean() - 0.5) < 0.06
-  # Different sigmas per image: the blurred images are not all the same.
   assert len({r.tobytes() for r in results[blurred]}) > 100
 
 
