@@ -389,3 +389,32 @@ def test_huge_learning_rate_never_writes_a_nonfinite_checkpoint(tmp_path):
     for name in state(model_dir)[1]:
       tensors = numeric(load(os.path.join(model_dir, name)))
       assert all(np.all(np.isfinite(v)) for v in tensors.values())
+
+
+def test_relative_model_dir_resumes_and_is_a_checkpoint(tmp_path):
+  """--model_dir and --checkpoint relative to the working directory (as in
+  scripts/pipeline.sh): the same command resumes, and the directory can be
+  the next stage's --checkpoint."""
+  def run_in_tmp(flags):
+    return subprocess.run([sys.executable, RUN_PY] + flags, cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True,
+                          timeout=300)
+
+  three = TINY + ['--train_steps=3', '--checkpoint_steps=3',
+                  '--steps_per_loop=3', '--model_dir=runs/pretrain']
+  result = run_in_tmp(three)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert state(tmp_path / 'runs' / 'pretrain')[0] == 'ckpt-3'
+  result = run_in_tmp([flag.replace('--train_steps=3', '--train_steps=6')
+                       for flag in three])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r'Resuming from runs/pretrain/ckpt-3 at step 3',
+                   result.stderr), result.stderr[-3000:]
+  assert summary(result)['train']['global_step'] == 6
+  result = run_in_tmp(
+      [flag for flag in TINY if flag != '--train_mode=pretrain'] +
+      ['--train_mode=finetune', '--checkpoint=runs/pretrain',
+       '--train_steps=2', '--model_dir=runs/finetune'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r'Starting from the weights of runs/pretrain/ckpt-6',
+                   result.stderr), result.stderr[-3000:]

@@ -66,13 +66,13 @@ def recorded_checkpoints(model_dir):
   records, or (state file missing) every ckpt-N.index present."""
   if not model_dir or not tf.io.gfile.isdir(model_dir):
     return []
+  # get_checkpoint_state already puts model_dir in front of the relative
+  # paths of the state file (model_dir itself may be relative).
   state = tf.train.get_checkpoint_state(model_dir)
   if state is not None:
     paths = list(state.all_model_checkpoint_paths)
     if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
       paths.append(state.model_checkpoint_path)
-    paths = [path if os.path.isabs(path) or '://' in path
-             else os.path.join(model_dir, path) for path in paths]
   else:
     paths = [name[:-len('.index')] for name in
              tf.io.gfile.glob(os.path.join(model_dir, 'ckpt-*.index'))]
