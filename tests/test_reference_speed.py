@@ -1,7 +1,6 @@
 """Tests of benchmarks/reference_speed.py: log parsing, the LARS patch, the
 command line and the run loop with stand-in programs (no training)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,18 +9,12 @@ import textwrap
 
 import pytest
 
+from benchmarks import reference_speed as speed
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'benchmarks', 'reference_speed.py')
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location('reference_speed', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-speed = _load()
 
 REFERENCE_LOG = """\
 I1129 06:14:12.101010 139808053676928 run.py:540] Trainable variables:
@@ -218,7 +211,10 @@ def _stand_in(path, lines, status=0):
   return str(path)
 
 
-def test_benchmark_with_stand_in_programs(tmp_path, monkeypatch):
+@pytest.fixture
+def stand_ins(tmp_path, monkeypatch):
+  """A fake reference checkout; both programs replaced by scripts printing
+  the logs above. Returns the fake tf2 folder."""
   tf2 = _fake_tf2(tmp_path / 'simclr')
   repo = tmp_path / 'repo'
   repo.mkdir()
@@ -226,6 +222,11 @@ def test_benchmark_with_stand_in_programs(tmp_path, monkeypatch):
   monkeypatch.setattr(speed, 'REPO', str(repo))
   monkeypatch.setattr(speed, 'MOCK_RUNNER', _stand_in(
       tmp_path / 'mock.py', REFERENCE_LOG.splitlines()))
+  return tf2
+
+
+def test_benchmark_with_stand_in_programs(tmp_path, stand_ins):
+  tf2 = stand_ins
   logs = tmp_path / 'logs'
   config = dict(CONFIG, repeats=2, keep_logs=str(logs))
   results = speed.benchmark(config, str(tf2), echo=lambda *a, **k: None)
@@ -269,14 +270,8 @@ def test_command_line_errors(args, message):
   assert completed.stdout == ''
 
 
+@pytest.mark.usefixtures('stand_ins')
 def test_main_prints_json_last(tmp_path, monkeypatch, capsys):
-  _fake_tf2(tmp_path / 'simclr')
-  repo = tmp_path / 'repo'
-  repo.mkdir()
-  _stand_in(repo / 'run.py', OURS_LOG.splitlines())
-  monkeypatch.setattr(speed, 'REPO', str(repo))
-  monkeypatch.setattr(speed, 'MOCK_RUNNER', _stand_in(
-      tmp_path / 'mock.py', REFERENCE_LOG.splitlines()))
   monkeypatch.setattr(speed, 'probe_environment',
                       lambda: {'device': 'CPU: test', 'tensorflow': '2.x'})
   status = speed.main(['reference_speed.py', f'--reference_dir={tmp_path}/simclr',

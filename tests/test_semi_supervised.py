@@ -1,7 +1,6 @@
 """Tests of benchmarks/semi_supervised.py: planning, tables, plots, event files;
 one end-to-end --quick run (slow)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,18 +8,12 @@ import sys
 
 import pytest
 
+from benchmarks import semi_supervised as semi
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'benchmarks', 'semi_supervised.py')
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location('semi_supervised', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-semi = _load()
 
 
 def fake_results():

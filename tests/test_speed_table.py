@@ -1,23 +1,11 @@
 """benchmarks/speed_table.py: its commands and its table, on hand-made results."""
 
-import importlib.util
-import os
-
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO_ROOT, 'benchmarks', 'speed_table.py')
+from benchmarks import speed_table as table
 
 
-@pytest.fixture(scope='module')
-def table():
-  spec = importlib.util.spec_from_file_location('speed_table', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_one_benchmark_per_setting_with_the_variants(table):
+def test_one_benchmark_per_setting_with_the_variants():
   args = table.parse_args(['--depths=18,50', '--batch_sizes=32',
                            '--variants=precision=bfloat16',
                            '--variants=jit_compile=true', '--steps=4'])
@@ -29,7 +17,7 @@ def test_one_benchmark_per_setting_with_the_variants(table):
     assert flag in command
 
 
-def test_rows_show_ms_images_per_second_and_ratio(table):
+def test_rows_show_ms_images_per_second_and_ratio():
   result = {
       'config': {'resnet_depth': 18, 'image_size': 32, 'train_batch_size': 64},
       'ms_per_step_median': 2000., 'images_per_sec': 32.,
@@ -42,7 +30,7 @@ def test_rows_show_ms_images_per_second_and_ratio(table):
   assert rows[2] == '| 18 | 32 | 64 | 2000 | 32.0 | 0.215 | 1250 | 51.2 | 1.60x |'
 
 
-def test_bad_list_is_a_usage_error(table, capsys):
+def test_bad_list_is_a_usage_error(capsys):
   with pytest.raises(SystemExit) as exit_info:
     table.parse_args(['--batch_sizes=32,big'])
   assert exit_info.value.code == 2
