@@ -386,14 +386,14 @@ def run_benchmark():
                            'x views/s'),
   }
   rows = []
+  devices = None
+  if FLAGS.strategy == 'mirrored' and FLAGS.cpu_replicas:
+    devices = distribute.split_cpu_into_logical_devices(FLAGS.cpu_replicas)
+  strategy = distribute.make_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus,
+                                      devices=devices)
+  on_accelerator = distribute.runs_on_accelerator(strategy)
 
   if FLAGS.component in ('train', 'both'):
-    devices = None
-    if FLAGS.strategy == 'mirrored' and FLAGS.cpu_replicas:
-      devices = distribute.split_cpu_into_logical_devices(FLAGS.cpu_replicas)
-    strategy = distribute.make_strategy(FLAGS.strategy,
-                                        num_gpus=FLAGS.num_gpus,
-                                        devices=devices)
     variants = [('baseline', {})] + [(text, parse_variant(text))
                                      for text in FLAGS.variant]
     model_dir = tempfile.mkdtemp(prefix='tf_simclr_benchmark_')
@@ -455,9 +455,7 @@ def run_benchmark():
     rows.append(('model', f'{gflops:.3f} GFLOPs/view forward',
                  f'{tflops:.4f} TFLOPS achieved (baseline)'))
     if FLAGS.measure_peak:
-      accelerated = bool(tf.config.list_logical_devices('GPU') or
-                         FLAGS.strategy == 'tpu')
-      size = FLAGS.peak_matrix_size or (8192 if accelerated else 2048)
+      size = FLAGS.peak_matrix_size or (8192 if on_accelerator else 2048)
       peaks = {name: matmul_peak_tflops(name, size)
                for name in ('float32', 'bfloat16')}
       # Mixed float16 runs its matmuls in float16: time that too.
@@ -485,17 +483,17 @@ def run_benchmark():
     datasets = list(FLAGS.input_datasets)
     if FLAGS.dataset not in datasets:
       datasets.insert(0, FLAGS.dataset)
-    # As Trainer decides: with the blur in the training step, the pipeline
-    # does not blur.
-    on_accelerator = (FLAGS.strategy == 'tpu' or
-                      bool(tf.config.list_logical_devices('GPU')))
-    input_blurs = FLAGS.use_blur and (
-        FLAGS.blur_placement == 'input' or
-        (FLAGS.blur_placement == 'auto' and not on_accelerator))
-    summary['input_blur'] = input_blurs
     table = []
     for dataset in datasets:
       for size in sizes:
+        # As in Trainer: with the blur in the training step, the pipeline
+        # does not blur.
+        in_step = trainer_lib.blurs_in_training_step(
+            stage.augmentation, FLAGS.use_blur, size, FLAGS.blur_placement,
+            on_accelerator)
+        input_blurs = FLAGS.use_blur and not in_step
+        if size == FLAGS.image_size:
+          summary['input_blur'] = input_blurs
         rate, reason = time_input(
             dataset, size, FLAGS.train_batch_size, stage.augmentation,
             FLAGS.input_batches, FLAGS.input_warmup_batches, FLAGS.data_dir,

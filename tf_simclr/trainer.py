@@ -127,6 +127,16 @@ def _accuracy(labels, logits):
       tf.cast(labels, tf.int64), tf.argmax(logits, -1)), tf.float32))
 
 
+def blurs_in_training_step(augmentation, use_blur, image_size, placement,
+                           on_accelerator):
+  """True when pretraining's blur runs in the training step rather than in
+  the input pipeline: --blur_placement=device, or auto on a GPU or TPU (and
+  never at <= 32 px, where the paper does not blur)."""
+  return (augmentation == 'pretrain' and use_blur and
+          image_size > augment.SMALL_IMAGE_SIZE and
+          (placement == 'device' or (placement == 'auto' and on_accelerator)))
+
+
 def _set_precision(precision):
   policy = {'float32': 'float32', 'bfloat16': 'mixed_bfloat16',
             'float16': 'mixed_float16'}[precision]
@@ -159,12 +169,9 @@ class Trainer:
 
     # Pretraining's blur in the training step instead of the input pipeline:
     # the same views, but the accelerator does the work, not the host CPU.
-    self.blur_on_device = (
-        self.stage.augmentation == 'pretrain' and config.use_blur and
-        config.image_size > augment.SMALL_IMAGE_SIZE and
-        (config.blur_placement == 'device' or
-         (config.blur_placement == 'auto' and
-          distribute.runs_on_accelerator(strategy))))
+    self.blur_on_device = blurs_in_training_step(
+        self.stage.augmentation, config.use_blur, config.image_size,
+        config.blur_placement, distribute.runs_on_accelerator(strategy))
     # Stateless blur draws: seeded by (this, step, replica).
     self._blur_seed = (config.seed if config.deterministic
                        else random.randrange(2**31))
@@ -327,6 +334,8 @@ class Trainer:
       images = tf.concat([images, labeled_batch[0]], axis=0)
       labels = labeled_batch[1]
     variables = self.model.trainable_variables
+    loss_scaled = isinstance(self.optimizer,
+                             tf_keras.mixed_precision.LossScaleOptimizer)
     with tf.GradientTape() as tape:
       outputs = self.model(images, training=True)
       loss, logs = OBJECTIVES[self.stage.objective](self, outputs, labels,
@@ -336,17 +345,16 @@ class Trainer:
       loss += weight_decay
       # Gradients are summed over replicas: average by scaling the loss.
       scaled_loss = loss / self.strategy.num_replicas_in_sync
-      if isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+      if loss_scaled:
         scaled_loss = self.optimizer.get_scaled_loss(scaled_loss)
     gradients = tape.gradient(scaled_loss, variables)
-    if isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+    if loss_scaled:
       gradients = self.optimizer.get_unscaled_gradients(gradients)
     pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
     finite = tf.math.is_finite(loss)
     # With float16 loss scaling, gradients that overflow are the scaler's
     # business: it skips that update and lowers the scale.
-    if pairs and not isinstance(self.optimizer,
-                                tf_keras.mixed_precision.LossScaleOptimizer):
+    if pairs and not loss_scaled:
       finite = tf.logical_and(finite, tf.math.is_finite(
           tf.linalg.global_norm([g for g, _ in pairs])))
     step = self.global_step + 0
