@@ -61,6 +61,8 @@ class Config:
   eval_batch_size: int = 256
   eval_split: str = 'validation'
   eval_name: Optional[str] = None
+  knn_every_steps: int = 0
+  knn_bank_size: int = 60_000
   # Checkpoints and export.
   checkpoint_epochs: int = 1
   checkpoint_steps: int = 0
@@ -143,13 +145,14 @@ class Config:
     enum('blur_placement', BLUR_PLACEMENTS)
     enum('color_jitter_version', COLOR_JITTER_VERSIONS)
     for name in ('train_batch_size', 'eval_batch_size', 'image_size',
-                 'proj_out_dim'):
+                 'proj_out_dim', 'knn_bank_size'):
       need(getattr(self, name) > 0,
            f'--{name} must be positive, got {getattr(self, name)}')
     for name in ('train_steps', 'train_epochs', 'eval_steps',
                  'checkpoint_steps', 'checkpoint_epochs', 'steps_per_loop',
                  'keep_checkpoint_max', 'keep_hub_module_max', 'num_classes',
-                 'warmup_epochs', 'weight_decay', 'num_gpus'):
+                 'warmup_epochs', 'weight_decay', 'num_gpus',
+                 'knn_every_steps'):
       need(getattr(self, name) >= 0,
            f'--{name} must be >= 0, got {getattr(self, name)}')
     need(self.train_steps > 0 or self.train_epochs > 0,

@@ -27,6 +27,8 @@ class Stage:
     needs_initial_weights: must start from --checkpoint (or a resumable
       model_dir).
     freezes_blocks: honours --fine_tune_after_block.
+    knn_monitor: its evaluation also reports the encoder's weighted kNN
+      accuracy (label-free training: the representation is what it learns).
   """
   name: str
   views: int
@@ -36,13 +38,14 @@ class Stage:
   train_subset: str
   needs_initial_weights: bool
   freezes_blocks: bool
+  knn_monitor: bool = False
 
 
 STAGES = {
     'pretrain': Stage('pretrain', views=2, augmentation='pretrain',
                       objective='contrastive', supervised_training=False,
                       train_subset='all', needs_initial_weights=False,
-                      freezes_blocks=False),
+                      freezes_blocks=False, knn_monitor=True),
     'finetune': Stage('finetune', views=1, augmentation='finetune',
                       objective='supervised', supervised_training=True,
                       train_subset='labeled', needs_initial_weights=True,

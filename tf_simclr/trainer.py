@@ -42,6 +42,7 @@ from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import data
 from tf_simclr import distribute
+from tf_simclr import knn
 from tf_simclr import model as model_lib
 from tf_simclr import objectives
 from tf_simclr import optim
@@ -567,6 +568,9 @@ class Trainer:
       until_checkpoint = self.checkpoint_interval - step % self.checkpoint_interval
       num_steps = min(self.steps_per_loop, self.total_steps - step,
                       until_checkpoint)
+      if self.stage.knn_monitor and config.knn_every_steps:
+        num_steps = min(num_steps, config.knn_every_steps -
+                        step % config.knn_every_steps)
       loop_started = time.time()
       self._run_loop(train_loop, iterators, num_steps)
       bad_step = int(self.nonfinite_step.numpy())
@@ -590,6 +594,16 @@ class Trainer:
             tf.summary.scalar(f'train/{name}', value)
         for metric in self.metrics.values():
           metric.reset_state()
+        if (self.stage.knn_monitor and config.knn_every_steps and
+            step // config.knn_every_steps >
+            previous_step // config.knn_every_steps):
+          knn_started = time.time()
+          results['knn_top_1'] = self.knn_accuracy()
+          logging.info('step %d/%d knn_top_1=%.4f (%.1f s)', step,
+                       self.total_steps, results['knn_top_1'],
+                       time.time() - knn_started)
+          with writer.as_default(step=step):
+            tf.summary.scalar('train/knn_top_1', results['knn_top_1'])
       if step % self.checkpoint_interval == 0 or step >= self.total_steps:
         self._save(step)
     writer.flush()
@@ -632,17 +646,17 @@ class Trainer:
 
   # -------------------------------------------------------------- eval
   def evaluate(self, checkpoint_path=None, require_checkpoint=False):
-    """Top-1 / top-5 of the supervised head on --eval_split; writes
-    result.json. Returns the result dict, or None without a supervised head.
+    """Top-1 / top-5 of the supervised head on --eval_split (and, for a
+    pretraining, the encoder's kNN accuracy); writes result.json. Returns the
+    result dict, or None when there is nothing to evaluate.
 
     Args:
       checkpoint_path: weights to evaluate (default: model_dir's latest).
       require_checkpoint: raise CheckpointError when there is none.
     """
     config = self.config
-    if not self.model.has_supervised_head:
-      logging.info('No supervised head (pretraining without linear eval): '
-                   'skipping evaluation.')
+    if not (self.model.has_supervised_head or self.stage.knn_monitor):
+      logging.info('No supervised head: skipping evaluation.')
       return None
     if checkpoint_path is None:
       checkpoint_path = checkpoints.latest_checkpoint(config.model_dir)
@@ -653,11 +667,41 @@ class Trainer:
       tf.train.Checkpoint(model=self.model,
                           global_step=self.global_step).read(
                               checkpoint_path).expect_partial()
+    result = {'global_step': int(self.global_step.numpy()),
+              'eval_split': config.eval_split,
+              'train_mode': config.train_mode}
+    if self.model.has_supervised_head:
+      result.update(self._evaluate_head())
+    if self.stage.knn_monitor:
+      result['knn_top_1'] = self.knn_accuracy()
+    logging.info('eval on %s at step %d: %s', config.eval_split,
+                 result['global_step'], ' '.join(
+                     f'{name}={result[name]:.4f}' for name in (
+                         'label_top_1_accuracy', 'label_top_5_accuracy',
+                         'knn_top_1', 'teacher_agreement') if name in result))
+    if self.is_chief:
+      name = f'result_{config.eval_name}' if config.eval_name else 'result'
+      _write_json(os.path.join(config.model_dir, name + '.json'), result)
+      writer = tf.summary.create_file_writer(config.model_dir)
+      with writer.as_default(step=result['global_step']):
+        for key in ('label_top_1_accuracy', 'label_top_5_accuracy',
+                    'knn_top_1'):
+          if key in result:
+            tf.summary.scalar(f'eval/{key}', result[key])
+      writer.flush()
+    return result
+
+  def _eval_input(self):
     eval_input = self._input_config(
-        split=config.eval_split, augmentation='eval',
-        batch_size=config.eval_batch_size, subset='all', is_training=False)
-    eval_input = self._replace_input(eval_input, label_fraction=1.0)
-    dataset = data.build_distributed_dataset(self.strategy, eval_input)
+        split=self.config.eval_split, augmentation='eval',
+        batch_size=self.config.eval_batch_size, subset='all',
+        is_training=False)
+    return self._replace_input(eval_input, label_fraction=1.0)
+
+  def _evaluate_head(self):
+    """Top-1 / top-5 (and teacher agreement) of the supervised head."""
+    config = self.config
+    dataset = data.build_distributed_dataset(self.strategy, self._eval_input())
     top_k = min(5, self.num_classes)
     with self.strategy.scope():
       top_1 = tf_keras.metrics.SparseCategoricalAccuracy('top_1')
@@ -694,27 +738,39 @@ class Trainer:
         'label_top_1_accuracy': float(top_1.result()),
         'label_top_5_accuracy': float(top_5.result()),
         'num_examples': int(count.result()),
-        'global_step': int(self.global_step.numpy()),
-        'eval_split': config.eval_split,
-        'train_mode': config.train_mode,
     }
     if teacher is not None:
       result['teacher_agreement'] = float(agreement.result())
-    logging.info('eval on %s: top-1 %.4f top-5 %.4f (%d examples, step %d)',
-                 config.eval_split, result['label_top_1_accuracy'],
-                 result['label_top_5_accuracy'], result['num_examples'],
-                 result['global_step'])
-    if self.is_chief:
-      name = f'result_{config.eval_name}' if config.eval_name else 'result'
-      _write_json(os.path.join(config.model_dir, name + '.json'), result)
-      writer = tf.summary.create_file_writer(config.model_dir)
-      with writer.as_default(step=result['global_step']):
-        tf.summary.scalar('eval/label_top_1_accuracy',
-                          result['label_top_1_accuracy'])
-        tf.summary.scalar('eval/label_top_5_accuracy',
-                          result['label_top_5_accuracy'])
-      writer.flush()
     return result
+
+  def knn_accuracy(self):
+    """Weighted kNN top-1 (k 200, temperature 0.1, cosine) of the encoder's
+    final_avg_pool features in inference mode: the bank is the train split's
+    labeled images (--label_fraction's subset, at most --knn_bank_size), the
+    queries the eval split (its first --eval_steps batches when set). Labels
+    are read here only; they never reach a training loss."""
+    config = self.config
+    bank_input = self._input_config(
+        split=config.train_split, augmentation='eval',
+        batch_size=config.eval_batch_size, subset='labeled',
+        is_training=False)
+    query_limit = (config.eval_steps * config.eval_batch_size
+                   if config.eval_steps else None)
+    bank = knn.extract_features(
+        self.model, _unsharded(data.build_dataset(bank_input)),
+        self.strategy, max_examples=config.knn_bank_size)
+    queries = knn.extract_features(
+        self.model, _unsharded(data.build_dataset(self._eval_input())),
+        self.strategy, max_examples=query_limit)
+    return knn.knn_accuracy(*bank, *queries, num_classes=self.num_classes)
+
+
+def _unsharded(dataset):
+  """Every worker reads the whole dataset (each computes the kNN itself)."""
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.OFF)
+  return dataset.with_options(options)
 
 
 def _write_json(path, payload):
