@@ -175,6 +175,7 @@ def main(argv):
         train_mode=config.train_mode, class_names=trainer.info.class_names,
         keep_max=config.keep_hub_module_max)
   print(json.dumps(summary, sort_keys=True, default=str))
+  return summary
 
 
 def _user_errors():

@@ -1,32 +1,47 @@
 r"""SimCLRv2's semi-supervised protocol on offline Fashion-MNIST, end to end.
 
-For label fractions 1 % and 10 % of the 60 000 training images, four arms,
-every stage a real `python run.py ...` subprocess, evaluated on the 10 000
-test images:
+  python benchmarks/semi_supervised.py               # the protocol, <= 60 min on 2 idle CPU cores
+  python benchmarks/semi_supervised.py --plan_only   # sizes, steps and the time estimate
+  python benchmarks/semi_supervised.py --quick       # plumbing check, a few minutes
+  python benchmarks/semi_supervised.py --scale=8     # 8x epochs and widths, for one GPU
 
-  supervised     the same ResNet trained from scratch on the labeled subset
-                 only (crop + flip, the finetune augmentation); its learning
-                 rate is the best of a small sweep at 1 % (picked on the
-                 test split: this favours the baseline), reused at 10 %;
-  simclr         one shared pretraining on all 60 000 images without labels,
-                 then finetuning on the subset from projection-head layer 1
-                 (--ft_proj_selector=1 --zero_init_logits_layer);
-  self_distill   the finetuned model distilled into the same architecture
-                 (student from scratch) on all training images, no labels;
-  distill_small  the same teacher distilled into a half-width student.
+Splits, fixed: validation = the first 5 000 training images (TFDS order),
+pool = the other 55 000, test = the 10 000 test images. Label subsets are
+class-balanced subsets of the pool with 6, 60 and 600 images per class (0.1 %,
+1 % and 10 % of the 60 000 training images), label seeds 0, 1, 2 at 0.1 % and
+1 %, seed 0 at 10 %. The unlabeled data is the whole pool, without labels.
 
-  python benchmarks/semi_supervised.py                 # ~26 min on 2 idle CPU cores
-  python benchmarks/semi_supervised.py --quick         # plumbing check
-  python benchmarks/semi_supervised.py --scale=8       # bigger, for a GPU
+Arms, each the same ResNet-18 (width 0.125, CIFAR stem, 28 px):
+  supervised     from a random initialisation on the labeled subset only (the
+                 finetune stage's crop + flip, SGD + momentum, cosine);
+  simclr         one contrastive pretraining on the pool, then finetuning on
+                 the subset from projection-head layer 1 (the teacher);
+  self_distill   the teacher distilled into the same architecture on the
+                 pool, no labels (SimCLRv2's final model);
+  distill_small  the teacher distilled into a half-width student.
+The encoder is also measured without finetuning: weighted kNN (k 200, cosine)
+and the linear probe (--fine_tune_after_block=4, the reference's linear
+evaluation), against logistic regression and the same kNN on raw pixels.
+
+Every choice is made on the validation split: the learning rate of the
+supervised baseline and of finetuning (the same number of candidates each,
+per fraction, at label seed 0, then reused for seeds 1 and 2), the
+self-distilled student's initialisation, the raw-pixel regression's C. The
+test split is read once per final model (`--mode=eval --eval_split=test`).
+
+Every stage is run.py's own `main` with run.py flags; by default all of them
+run in this one process (each stage costs tracing, not a TensorFlow start-up
+and a dataset scan; `--subprocesses` runs each as `python run.py`). A stage
+whose model_dir holds `stage.json` is reused: re-running with the same
+--work_dir resumes. Run it from a tree nobody edits (AutoGraph reads the
+sources while tracing).
 
 Writes OUTPUT_DIR/results.json, results.md, accuracy.png, pretraining.png.
-The supervised baseline is run.py's finetune stage with --checkpoint=scratch
-(a random initialisation) and --fine_tune_after_block=-1: training from
-scratch on the subset.
 """
 
 import argparse
 import dataclasses
+import gc
 import glob
 import json
 import math
@@ -39,336 +54,585 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
 DEFAULT_OUTPUT_DIR = os.path.join(REPO, 'benchmarks', 'results')
 
 NUM_TRAIN = 60_000
 NUM_CLASSES = 10
-FRACTIONS = (0.01, 0.1)
+# Label fractions of the 60 000 training images: 6, 60 and 600 per class.
+FRACTIONS = (0.001, 0.01, 0.1)
 ARMS = ('supervised', 'simclr', 'self_distill', 'distill_small')
 ARM_TITLES = {
     'supervised': 'Supervised from scratch (labeled subset only)',
     'simclr': 'SimCLRv2 pretrain + finetune (teacher)',
-    'self_distill': 'Self-distilled student (same architecture)',
-    'distill_small': 'Distilled half-width student',
+    'self_distill': 'SimCLRv2 self-distilled student (final model)',
+    'distill_small': 'SimCLRv2 distilled into a half-width student',
 }
 PRETRAIN_TAGS = ('train/contrast_loss', 'train/contrast_acc')
+TEST_SPLIT = 'test'
 
 
-# ---------------------------------------------------------------- planning
-def labeled_count(fraction, num_train=NUM_TRAIN, num_classes=NUM_CLASSES):
-  """Size of the class-balanced label subset (as tf_simclr.data picks it)."""
-  per_class = round(fraction * num_train / num_classes)
-  return per_class * num_classes
+def fraction_key(fraction):
+  """results.json's key of a fraction: '0.001', '0.01', '0.1'."""
+  return f'{fraction:g}'
+
+
+def per_class(fraction, num_train=NUM_TRAIN, num_classes=NUM_CLASSES):
+  """Labeled images per class at `fraction` of the training images."""
+  return max(1, round(fraction * num_train / num_classes))
+
+
+def labeled_count(fraction, num_train=NUM_TRAIN):
+  return per_class(fraction, num_train) * NUM_CLASSES
+
+
+def pool_label_fraction(plan, fraction):
+  """run.py's --label_fraction (relative to the pool) that selects exactly
+  per_class(fraction) images per class of the pool: tf_simclr.data picks
+  round(label_fraction * pool_size / num_classes) per class."""
+  return labeled_count(fraction, plan.num_train) / plan.pool_size
 
 
 def steps_for(epochs, num_examples, batch_size):
-  """Training steps covering `epochs` passes over `num_examples` (>= 1)."""
-  return max(1, math.ceil(epochs * num_examples / batch_size))
+  """Training steps of `epochs` passes, by run.py's own rule."""
+  from tf_simclr import optim  # pylint: disable=import-outside-toplevel
+  return optim.total_train_steps(0, epochs, num_examples, batch_size)
 
 
+# ---------------------------------------------------------------- the plan
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Sizes of every stage. Epochs are over the stage's own training data."""
+  """Sizes and recipes of every stage. Epochs are over the stage's own
+  training data (the pool for pretraining, distillation and the linear
+  probe; the labeled subset for finetuning and the baseline)."""
+  dataset: str = 'fashion_mnist'
+  data_dir: str = None  # None: TFDS's default directory.
+  num_train: int = NUM_TRAIN
+  validation_size: int = 5_000
   depth: int = 18
   width: float = 0.125
   student_width: float = 0.0625
   image_size: int = 28
+  # Pretraining (NT-Xent on the pool, LARS, no blur at 28 px).
   pretrain_batch: int = 256
-  pretrain_epochs: float = 8.0
-  finetune_batch: dict = dataclasses.field(
-      default_factory=lambda: {0.01: 64, 0.1: 128})
-  finetune_epochs: dict = dataclasses.field(
-      default_factory=lambda: {0.01: 60, 0.1: 15})
-  baseline_epochs: dict = dataclasses.field(
-      default_factory=lambda: {0.01: 150, 0.1: 30})
-  baseline_lrs: tuple = (0.1, 0.4)
-  # Finetuning recipes swept at 1 % (the best is reused at 10 %), as the
-  # baseline's learning rate is: the paper's (LARS, lr 0.005·√B, which at
-  # this scale moves the backbone little) and SGD with momentum at the
-  # baseline's learning rates.
-  finetune_recipes: tuple = (('lars', 0.005), ('momentum', 0.1),
-                             ('momentum', 0.4))
+  pretrain_epochs: float = 20.0
+  pretrain_learning_rate: float = 1.0
+  temperature: float = 0.2
+  color_jitter_strength: float = 0.5
+  # The linear probe: the reference's linear evaluation.
+  linear_epochs: float = 4.0
+  linear_batch: int = 512
+  # Few-label training: batch and epochs per fraction (the same for the
+  # baseline and finetuning: equal images seen), learning rates swept on
+  # the validation split (SGD + momentum, base rate per 256 images).
+  few_label_batch: dict = dataclasses.field(
+      default_factory=lambda: {0.001: 32, 0.01: 64, 0.1: 128})
+  few_label_epochs: dict = dataclasses.field(
+      default_factory=lambda: {0.001: 300, 0.01: 100, 0.1: 20})
+  supervised_learning_rates: tuple = (0.2, 0.8)
+  finetune_learning_rates: tuple = (0.05, 0.2)
+  # Distillation on the pool (alpha 1, tau 1).
   distill_batch: int = 128
   distill_epochs: float = 1.0
-  eval_steps: int = 0  # 0: the whole test split.
-  seed: int = 0
+  distill_learning_rate: float = 0.2
+  # Initialisations of the self-distilled student compared on validation.
+  student_inits: tuple = ('pretrained', 'scratch')
+  label_seeds: dict = dataclasses.field(
+      default_factory=lambda: {0.001: (0, 1, 2), 0.01: (0, 1, 2), 0.1: (0,)})
+  logreg_cs: tuple = (0.1, 1.0)
+  eval_steps: int = 0  # 0: whole splits.
+  knn_bank_size: int = 60_000
+
+  @property
+  def pool_size(self):
+    return self.num_train - self.validation_size
+
+  @property
+  def train_split(self):
+    return f'train[{self.validation_size}:]'
+
+  @property
+  def validation_split(self):
+    return f'train[:{self.validation_size}]'
 
   def steps(self):
-    """{stage key: training steps} for every stage of the protocol."""
-    steps = {'pretrain': steps_for(self.pretrain_epochs, NUM_TRAIN,
-                                   self.pretrain_batch)}
+    """{stage key: training steps}."""
+    steps = {
+        'pretrain': steps_for(self.pretrain_epochs, self.pool_size,
+                              self.pretrain_batch),
+        'linear_probe': steps_for(self.linear_epochs, self.pool_size,
+                                  self.linear_batch),
+        'distill': steps_for(self.distill_epochs, self.pool_size,
+                             self.distill_batch)}
     for fraction in FRACTIONS:
-      n = labeled_count(fraction)
-      batch = self.finetune_batch[fraction]
-      steps[f'finetune@{fraction}'] = steps_for(self.finetune_epochs[fraction],
-                                                n, batch)
-      steps[f'supervised@{fraction}'] = steps_for(
-          self.baseline_epochs[fraction], n, batch)
-      steps[f'distill@{fraction}'] = steps_for(self.distill_epochs, NUM_TRAIN,
-                                               self.distill_batch)
+      steps[f'few_label@{fraction_key(fraction)}'] = steps_for(
+          self.few_label_epochs[fraction],
+          labeled_count(fraction, self.num_train),
+          self.few_label_batch[fraction])
     return steps
 
-  def images(self):
-    """{stage key: training images processed} (pretraining: 2 views each)."""
-    steps = self.steps()
-    images = {'pretrain': steps['pretrain'] * self.pretrain_batch}
-    for fraction in FRACTIONS:
-      batch = self.finetune_batch[fraction]
-      images[f'finetune@{fraction}'] = steps[f'finetune@{fraction}'] * batch
-      images[f'supervised@{fraction}'] = steps[f'supervised@{fraction}'] * batch
-      images[f'distill@{fraction}'] = (steps[f'distill@{fraction}'] *
-                                       self.distill_batch)
-    return images
+  def runs(self):
+    """{stage kind: number of training runs} of the whole protocol."""
+    seeds = sum(len(s) for s in self.label_seeds.values())
+    cells = len(FRACTIONS)
+    return {
+        'pretrain': 1, 'linear_probe': 1,
+        'supervised': cells * len(self.supervised_learning_rates) +
+                      seeds - cells,
+        'finetune': cells * len(self.finetune_learning_rates) + seeds - cells,
+        'self_distill': seeds + len(self.student_inits) - 1,
+        'distill_small': seeds}
 
 
-# Measured by a full run of this protocol on this project's 2-core CPU machine
-# (ResNet-18, width 0.125, 28 px; stage wall times minus ~60 s of start-up,
-# input pipeline, tracing and test-split evaluation per run.py process):
-# pretraining 380 images/s (two views each, batch 256), finetuning and the
-# supervised baseline ~1150 images/s, distillation ~850 images/s (the teacher's
-# forward pass included), ~1000 for the half-width student.
-RATES = {'pretrain': 380.0, 'supervised': 1150.0, 'distill': 850.0,
-         'distill_small': 1000.0}
-PROCESS_OVERHEAD_S = 60.0
+# Rates of run.py stages measured on this project's 2-core CPU machine
+# (ResNet-18 width 0.125, 28 px, images/s of the training step; pretraining
+# counts images, each with two views) and the fixed cost of a stage run in
+# this process (tracing, input start-up, evaluation of the validation split).
+RATES = {'pretrain': 1300.0, 'few_label': 2300.0, 'linear_probe': 4000.0,
+         'distill': 1500.0, 'distill_small': 2300.0}
+STAGE_OVERHEAD_S = 15.0
+TEST_EVAL_S = 4.0
+ANCHORS_S = 120.0
 
 
-def estimate_seconds(plan, rates=RATES, overhead=PROCESS_OVERHEAD_S):
-  """Expected wall time of the protocol, {stage: seconds} plus 'total'."""
-  images = plan.images()
-  estimate = {'pretrain': images['pretrain'] / rates['pretrain'] + overhead}
-  for fraction in FRACTIONS:
-    recipes = len(plan.finetune_recipes) if fraction == FRACTIONS[0] else 1
-    estimate[f'finetune@{fraction}'] = recipes * (
-        images[f'finetune@{fraction}'] / rates['supervised'] + overhead)
-    runs = len(plan.baseline_lrs) if fraction == FRACTIONS[0] else 1
-    estimate[f'supervised@{fraction}'] = runs * (
-        images[f'supervised@{fraction}'] / rates['supervised'] + overhead)
-    estimate[f'self_distill@{fraction}'] = (
-        images[f'distill@{fraction}'] / rates['distill'] + overhead)
-    estimate[f'distill_small@{fraction}'] = (
-        images[f'distill@{fraction}'] / rates['distill_small'] + overhead)
+def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
+  """Expected wall time, {part: seconds} plus 'total'."""
+  steps, runs = plan.steps(), plan.runs()
+  few = {f: steps[f'few_label@{fraction_key(f)}'] * plan.few_label_batch[f]
+         / rates['few_label'] + overhead for f in FRACTIONS}
+  seeds = {f: len(plan.label_seeds[f]) for f in FRACTIONS}
+  estimate = {
+      'pretrain': steps['pretrain'] * plan.pretrain_batch / rates['pretrain']
+                  + overhead,
+      'linear_probe': steps['linear_probe'] * plan.linear_batch /
+                      rates['linear_probe'] + overhead,
+      'supervised': sum(few[f] * (len(plan.supervised_learning_rates) +
+                                  seeds[f] - 1) for f in FRACTIONS),
+      'finetune': sum(few[f] * (len(plan.finetune_learning_rates) +
+                                seeds[f] - 1) for f in FRACTIONS),
+      'self_distill': runs['self_distill'] * (
+          steps['distill'] * plan.distill_batch / rates['distill'] + overhead),
+      'distill_small': runs['distill_small'] * (
+          steps['distill'] * plan.distill_batch / rates['distill_small'] +
+          overhead),
+      'test_evaluations': TEST_EVAL_S * (2 + 4 * sum(seeds.values())),
+      'raw_pixel_anchors': ANCHORS_S,
+  }
   estimate['total'] = sum(estimate.values())
   return estimate
 
 
 def make_plan(scale=1, quick=False):
-  """The default plan, its --quick version, or one scaled up for a GPU:
-  --scale=N multiplies every stage's epochs and the widths by N."""
-  if quick:
-    return Plan(pretrain_batch=32, pretrain_epochs=128 / NUM_TRAIN,
-                finetune_batch={0.01: 32, 0.1: 32},
-                finetune_epochs={0.01: 1, 0.1: 0.1},
-                baseline_epochs={0.01: 1, 0.1: 0.1}, baseline_lrs=(0.4,),
-                finetune_recipes=(('lars', 0.005),),
-                distill_batch=32, distill_epochs=320 / NUM_TRAIN,
-                eval_steps=2)
+  """The default plan, a tiny --quick one, or --scale=N: N times the widths
+  and every stage's epochs (the GPU configuration)."""
   plan = Plan()
+  if quick:
+    return dataclasses.replace(
+        plan, width=0.0625, student_width=0.0625, pretrain_batch=64,
+        pretrain_epochs=256 / plan.pool_size, linear_epochs=512 / plan.pool_size,
+        linear_batch=128, few_label_batch={f: 16 for f in FRACTIONS},
+        few_label_epochs={0.001: 1, 0.01: 0.2, 0.1: 0.02},
+        supervised_learning_rates=(0.4,), finetune_learning_rates=(0.1,),
+        distill_batch=32, distill_epochs=128 / plan.pool_size,
+        label_seeds={0.001: (0, 1), 0.01: (0,), 0.1: (0,)},
+        logreg_cs=(1.0,), eval_steps=2, knn_bank_size=2_000)
   if scale == 1:
     return plan
   return dataclasses.replace(
       plan, width=plan.width * scale, student_width=plan.student_width * scale,
       pretrain_epochs=plan.pretrain_epochs * scale,
-      finetune_epochs={f: e * scale for f, e in plan.finetune_epochs.items()},
-      baseline_epochs={f: e * scale for f, e in plan.baseline_epochs.items()},
+      linear_epochs=plan.linear_epochs * scale,
+      few_label_epochs={f: e * scale for f, e in plan.few_label_epochs.items()},
       distill_epochs=plan.distill_epochs * scale)
 
 
 # ---------------------------------------------------------------- flags of each stage
 def common_flags(plan, width):
-  return ['--dataset=fashion_mnist', f'--image_size={plan.image_size}',
+  return [f'--dataset={plan.dataset}', f'--image_size={plan.image_size}',
+          *([f'--data_dir={plan.data_dir}'] if plan.data_dir else []),
           f'--resnet_depth={plan.depth}', f'--width_multiplier={width}',
-          '--eval_split=test', '--mode=train_then_eval', '--export=false',
-          f'--eval_steps={plan.eval_steps}', '--deterministic',
-          f'--seed={plan.seed}', '--label_seed=0', '--keep_checkpoint_max=1',
-          # Decoded images cached in memory: a label subset is otherwise found
-          # again by scanning all 60 000 records at every epoch.
+          f'--train_split={plan.train_split}',
+          f'--eval_split={plan.validation_split}', '--eval_batch_size=1000',
+          f'--eval_steps={plan.eval_steps}', '--mode=train_then_eval',
+          '--export=false', '--global_bn=false', '--keep_checkpoint_max=1',
           '--cache_dataset']
 
 
+def _duration(steps):
+  # One checkpoint, at the end; progress logged about 20 times.
+  return [f'--train_steps={steps}', f'--checkpoint_steps={steps}',
+          f'--steps_per_loop={max(1, min(100, steps // 20))}']
+
+
 def pretrain_flags(plan, model_dir):
-  steps = plan.steps()['pretrain']
-  return common_flags(plan, plan.width) + [
+  return common_flags(plan, plan.width) + _duration(plan.steps()['pretrain']) + [
       '--train_mode=pretrain', f'--model_dir={model_dir}',
-      f'--train_batch_size={plan.pretrain_batch}', f'--train_steps={steps}',
-      f'--steps_per_loop={max(1, steps // 60)}',
-      f'--checkpoint_steps={steps}',
-      '--optimizer=lars', '--learning_rate=1.0',
+      f'--train_batch_size={plan.pretrain_batch}', '--optimizer=lars',
+      f'--learning_rate={plan.pretrain_learning_rate}',
       '--learning_rate_scaling=linear', '--weight_decay=1e-6',
-      '--warmup_epochs=0.5', '--temperature=0.2',
-      '--color_jitter_strength=0.5', '--use_blur=false']
+      '--warmup_epochs=1', f'--temperature={plan.temperature}',
+      f'--color_jitter_strength={plan.color_jitter_strength}',
+      '--use_blur=false', f'--knn_bank_size={plan.knn_bank_size}']
 
 
-def finetune_flags(plan, fraction, model_dir, checkpoint,
-                   recipe=('lars', 0.005)):
-  """Finetuning the pretrained network from projection-head layer 1 with a
-  zero-initialised head, everything trained. recipe ('lars', lr): the
-  paper's (lr·√B, no weight decay); ('momentum', lr): the baseline's
-  optimizer (lr·B/256, weight decay 5e-4), both with cosine decay and no
-  warm-up."""
-  optimizer, learning_rate = recipe
-  steps = plan.steps()[f'finetune@{fraction}']
-  if optimizer == 'lars':
-    optimisation = ['--optimizer=lars', f'--learning_rate={learning_rate}',
-                    '--learning_rate_scaling=sqrt', '--weight_decay=0']
-  else:
-    optimisation = ['--optimizer=momentum', f'--learning_rate={learning_rate}',
-                    '--learning_rate_scaling=linear', '--weight_decay=5e-4']
-  return common_flags(plan, plan.width) + [
+def linear_probe_flags(plan, model_dir, checkpoint):
+  """The reference's linear evaluation: only a new zero-initialised head on
+  the frozen backbone's final_avg_pool, all the pool's labels, SGD +
+  momentum at lr 0.1 per 256, no weight decay."""
+  return common_flags(plan, plan.width) + _duration(
+      plan.steps()['linear_probe']) + [
+          '--train_mode=finetune', f'--model_dir={model_dir}',
+          f'--checkpoint={checkpoint}', '--fine_tune_after_block=4',
+          '--ft_proj_selector=0', '--zero_init_logits_layer',
+          f'--train_batch_size={plan.linear_batch}', '--optimizer=momentum',
+          '--learning_rate=0.1', '--learning_rate_scaling=linear',
+          '--weight_decay=0', '--warmup_epochs=0']
+
+
+def few_label_flags(plan, fraction, seed, model_dir, learning_rate,
+                    checkpoint):
+  """Training on the labeled subset: everything trained, SGD + momentum,
+  weight decay 5e-4, cosine. checkpoint: a pretraining (finetuning from
+  projection-head layer 1 with a zero-initialised head: SimCLRv2) or
+  'scratch' (the supervised baseline: a plain ResNet and a linear head)."""
+  from_scratch = checkpoint == 'scratch'
+  steps = plan.steps()[f'few_label@{fraction_key(fraction)}']
+  epochs = plan.few_label_epochs[fraction]
+  return common_flags(plan, plan.width) + _duration(steps) + [
       '--train_mode=finetune', f'--model_dir={model_dir}',
-      f'--checkpoint={checkpoint}', f'--label_fraction={fraction}',
-      f'--train_batch_size={plan.finetune_batch[fraction]}',
-      f'--train_steps={steps}', f'--checkpoint_steps={steps}',
-      '--ft_proj_selector=1', '--zero_init_logits_layer',
-      '--fine_tune_after_block=-1', '--warmup_epochs=0'] + optimisation
+      f'--checkpoint={checkpoint}',
+      f'--label_fraction={pool_label_fraction(plan, fraction)!r}',
+      f'--label_seed={seed}',
+      f'--train_batch_size={plan.few_label_batch[fraction]}',
+      f'--ft_proj_selector={0 if from_scratch else 1}',
+      '--fine_tune_after_block=-1', '--optimizer=momentum',
+      f'--learning_rate={learning_rate}', '--learning_rate_scaling=linear',
+      '--weight_decay=5e-4',
+      f'--warmup_epochs={epochs / 20 if from_scratch else 0}'] + (
+          [] if from_scratch else ['--zero_init_logits_layer'])
 
 
-def supervised_flags(plan, fraction, model_dir, lr):
-  """From scratch: SGD with momentum, the standard CIFAR ResNet recipe (base
-  lr per 256 images, weight decay 5e-4, cosine), more epochs on less data."""
-  steps = plan.steps()[f'supervised@{fraction}']
-  return common_flags(plan, plan.width) + [
-      '--train_mode=finetune', f'--model_dir={model_dir}',
-      '--checkpoint=scratch', f'--label_fraction={fraction}',
-      f'--train_batch_size={plan.finetune_batch[fraction]}',
-      f'--train_steps={steps}', f'--checkpoint_steps={steps}',
-      '--ft_proj_selector=0', '--fine_tune_after_block=-1',
-      '--optimizer=momentum', f'--learning_rate={lr}',
-      '--learning_rate_scaling=linear', '--weight_decay=5e-4',
-      f'--warmup_epochs={max(1, plan.baseline_epochs[fraction] // 20)}']
-
-
-def distill_flags(plan, fraction, model_dir, teacher, width):
-  """Student from scratch on all training images (no labels, alpha 1, tau 1),
-  plain ResNet + linear head (ft_proj_selector 0), SGD with momentum."""
-  steps = plan.steps()[f'distill@{fraction}']
-  return common_flags(plan, width) + [
+def distill_flags(plan, model_dir, teacher, width, init_checkpoint=None):
+  """The student on the pool without labels (alpha 1, tau 1), SGD + momentum.
+  init_checkpoint: the pretraining (the student then reads projection-head
+  layer 1, like its teacher) or None (a plain ResNet from scratch)."""
+  flags = common_flags(plan, width) + _duration(plan.steps()['distill']) + [
       '--train_mode=distill', f'--model_dir={model_dir}',
       f'--teacher_checkpoint={teacher}', '--distill_alpha=1',
       '--distill_temperature=1', f'--train_batch_size={plan.distill_batch}',
-      f'--train_steps={steps}', f'--checkpoint_steps={steps}',
-      '--ft_proj_selector=0', '--optimizer=momentum', '--learning_rate=0.2',
+      '--optimizer=momentum', f'--learning_rate={plan.distill_learning_rate}',
       '--learning_rate_scaling=linear', '--weight_decay=1e-4',
-      '--warmup_epochs=0.1']
+      '--warmup_epochs=0.05']
+  if init_checkpoint:
+    return flags + [f'--checkpoint={init_checkpoint}', '--ft_proj_selector=1',
+                    '--zero_init_logits_layer']
+  return flags + ['--ft_proj_selector=0']
 
 
-# ---------------------------------------------------------------- running
+def test_flags(flags):
+  """A stage's flags turned into a single evaluation of its model_dir on the
+  test split (result_test.json)."""
+  kept = [f for f in flags if not f.startswith(('--mode=', '--eval_split=',
+                                                '--eval_name=',
+                                                '--eval_steps='))]
+  return kept + ['--mode=eval', f'--eval_split={TEST_SPLIT}',
+                 '--eval_name=test', '--eval_steps=0']
+
+
+# ---------------------------------------------------------------- running stages
 class StageFailed(RuntimeError):
   pass
 
 
-def run_stage(name, command, model_dir, log_dir, timings, echo=print):
-  """Runs one stage (skipped when model_dir already holds its result and
-  timing from an earlier run of this script); returns result.json's dict
-  (or None when the stage writes none)."""
-  timing_path = os.path.join(model_dir, 'stage_time.json')
-  result_path = os.path.join(model_dir, 'result.json')
-  if os.path.exists(timing_path):
-    with open(timing_path) as f:
-      timings[name] = json.load(f)['seconds']
-    echo(f'[{name}] already done ({timings[name]:.0f} s), reused')
-  else:
-    os.makedirs(model_dir, exist_ok=True)
-    log_path = os.path.join(log_dir, name.replace('@', '_') + '.log')
-    echo(f'[{name}] {shlex.join(command[:2]) if command[1] == "-c" else shlex.join(command)}')
-    started = time.time()
-    with open(log_path, 'w') as log:
-      status = subprocess.call(command, cwd=REPO, stdout=log,
-                               stderr=subprocess.STDOUT)
-    seconds = time.time() - started
-    if status != 0:
-      with open(log_path) as f:
-        tail = ''.join(f.readlines()[-15:])
-      raise StageFailed(f'stage {name} exited with {status} after '
-                        f'{seconds:.0f} s; log {log_path}:\n{tail}')
-    timings[name] = seconds
-    with open(timing_path, 'w') as f:
-      json.dump({'seconds': seconds}, f)
-  result = None
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      result = json.load(f)
-    echo(f'[{name}] {timings[name]:.0f} s, test top-1 '
-         f'{result["label_top_1_accuracy"]:.4f}')
-  return result
+def _run_py_in_process(flags):
+  """run.py's main() on `flags` in this process; returns its summary."""
+  import run as run_py  # pylint: disable=import-outside-toplevel
+  import tf_keras  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  run_py.FLAGS.unparse_flags()
+  run_py.FLAGS(['run.py', *flags])
+  logging.set_verbosity(logging.INFO)  # Reset by unparse_flags.
+  try:
+    return run_py.main(['run.py'])
+  finally:
+    tf_keras.backend.clear_session()
+    gc.collect()
 
 
-def run_protocol(plan, work_dir, echo=print):
-  """Runs every stage; returns (accuracy, extra, timings, model_dirs)."""
-  run_py = [sys.executable, os.path.join(REPO, 'run.py')]
-  log_dir = os.path.join(work_dir, 'logs')
-  os.makedirs(log_dir, exist_ok=True)
-  timings, extra = {}, {}
-  accuracy = {arm: {} for arm in ARMS}
-  dirs = {'pretrain': os.path.join(work_dir, 'pretrain')}
+def _run_py_subprocess(flags, log_path):
+  command = [sys.executable, os.path.join(REPO, 'run.py'), *flags]
+  with open(log_path, 'w') as log:
+    completed = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=log, text=True, check=False)
+  if completed.returncode != 0:
+    raise StageFailed(f'exit status {completed.returncode}')
+  lines = [l for l in completed.stdout.splitlines() if l.startswith('{')]
+  return json.loads(lines[-1]) if lines else {}
 
-  result = run_stage('pretrain', run_py + pretrain_flags(plan, dirs['pretrain']),
-                     dirs['pretrain'], log_dir, timings, echo)
-  if result:
-    extra['pretrain_linear_eval_top_1'] = result['label_top_1_accuracy']
 
-  sweep, finetune_sweep = {}, {}
+class Stages:
+  """Runs run.py stages (in this process or as subprocesses), records their
+  wall time and reuses stages already done in work_dir."""
+
+  def __init__(self, work_dir, subprocesses=False, echo=print):
+    self.work_dir = work_dir
+    self.subprocesses = subprocesses
+    self.echo = echo
+    self.records = {}
+    os.makedirs(os.path.join(work_dir, 'logs'), exist_ok=True)
+
+  def model_dir(self, name):
+    return os.path.join(self.work_dir, name.replace('@', '_'))
+
+  def run(self, name, flags, result_name='result'):
+    """Runs a stage once; returns {'result': result json, 'seconds',
+    'train': the training summary (images_per_sec ...)}."""
+    model_dir = _flag_value(flags, 'model_dir')
+    record_path = os.path.join(model_dir, f'stage_{result_name}.json')
+    if os.path.exists(record_path):
+      with open(record_path) as f:
+        record = json.load(f)
+      self.echo(f'[{name}] done before ({record["seconds"]:.0f} s), reused')
+    else:
+      os.makedirs(model_dir, exist_ok=True)
+      self.echo(f'[{name}] run.py {shlex.join(flags)}')
+      started = time.time()
+      try:
+        if self.subprocesses:
+          summary = _run_py_subprocess(flags, os.path.join(
+              self.work_dir, 'logs', name.replace('@', '_') + '.log'))
+        else:
+          summary = _run_py_in_process(flags) or {}
+      except Exception as error:  # pylint: disable=broad-except
+        raise StageFailed(f'stage {name} failed: '
+                          f'{type(error).__name__}: {error}') from error
+      seconds = time.time() - started
+      with open(os.path.join(model_dir, f'{result_name}.json')) as f:
+        result = json.load(f)
+      record = {'seconds': seconds, 'result': result,
+                'train': summary.get('train') or {}}
+      with open(record_path, 'w') as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+    self.records[name] = record
+    result = record['result']
+    shown = ' '.join(f'{key} {result[key]:.4f}' for key in (
+        'label_top_1_accuracy', 'knn_top_1') if key in result)
+    self.echo(f'[{name}] {record["seconds"]:.0f} s, {result["eval_split"]}: '
+              f'{shown}')
+    return record
+
+  def validation_top_1(self, name, flags, key='label_top_1_accuracy'):
+    return self.run(name, flags)['result'][key]
+
+  def test(self, name, flags):
+    """The one test-split evaluation of a final model."""
+    return self.run(name + ':test', test_flags(flags), result_name='result_test'
+                    )['result']
+
+  def timings(self):
+    """{stage: {'seconds', 'train_images_per_sec', 'overhead_s'}}: overhead
+    is the wall time not spent in training steps (tracing, input start-up,
+    evaluation)."""
+    out = {}
+    for name, record in self.records.items():
+      entry = {'seconds': round(record['seconds'], 1)}
+      train = record.get('train') or {}
+      if train.get('images_per_sec') and train.get('global_step'):
+        entry['train_images_per_sec'] = round(train['images_per_sec'], 1)
+      out[name] = entry
+    return out
+
+
+def _flag_value(flags, name):
+  for flag in flags:
+    if flag.startswith(f'--{name}='):
+      return flag.split('=', 1)[1]
+  raise KeyError(name)
+
+
+# ---------------------------------------------------------------- the raw-pixel anchors
+def split_arrays(dataset, split, image_size, limit=None, data_dir=None):
+  """(pixels float32 [N, image_size², ] in [0, 1], labels int32 [N]) of a
+  split through the eval preprocessing (first channel: grey images)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from tf_simclr import data  # pylint: disable=import-outside-toplevel
+  config = data.InputConfig(dataset=dataset, split=split, data_dir=data_dir,
+                            image_size=image_size, batch_size=1000,
+                            augmentation='eval', is_training=False)
+  images, labels = [], []
+  for batch_images, batch_labels in data.build_dataset(config):
+    images.append(batch_images.numpy()[..., 0].reshape(
+        len(batch_labels), -1))
+    labels.append(batch_labels.numpy())
+    if limit and sum(len(l) for l in labels) >= limit:
+      break
+  images, labels = np.concatenate(images), np.concatenate(labels)
+  return (images[:limit], labels[:limit]) if limit else (images, labels)
+
+
+def split_keys_and_labels(plan, split):
+  """(keys, labels) of a split's examples, as tf_simclr.data reads them."""
+  from tf_simclr import data  # pylint: disable=import-outside-toplevel
+  return data._source(plan.dataset, plan.data_dir).keys_and_labels(split)  # pylint: disable=protected-access
+
+
+def labeled_subset_keys(plan, fraction, seed):
+  """Keys of the labeled images of (fraction, seed): what run.py's
+  --label_fraction / --label_seed select from the pool."""
+  from tf_simclr import data  # pylint: disable=import-outside-toplevel
+  keys, labels = split_keys_and_labels(plan, plan.train_split)
+  mask = data.label_subset_mask(keys, labels, NUM_CLASSES,
+                                pool_label_fraction(plan, fraction),
+                                seed)
+  return keys[mask]
+
+
+def logistic_regression_accuracy(train_x, train_y, eval_x, eval_y, c,
+                                 max_iter=200):
+  """Top-1 of multinomial L2-regularised logistic regression (scikit-learn,
+  lbfgs; C = 1 / regularisation strength)."""
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
+  model = LogisticRegression(C=c, max_iter=max_iter)
+  model.fit(train_x, train_y)
+  return float((model.predict(eval_x) == eval_y).mean()), model
+
+
+def raw_pixel_anchors(plan, echo=print):
+  """Logistic regression and the k-200 cosine kNN on raw pixels: fitted on
+  the pool (all its labels), C chosen on validation, read once on test."""
+  from tf_simclr import knn  # pylint: disable=import-outside-toplevel
+  started = time.time()
+  limit = 2_000 if plan.eval_steps else None
+  pool, validation, test = (
+      split_arrays(plan.dataset, split, plan.image_size, limit, plan.data_dir)
+      for split in (plan.train_split, plan.validation_split, TEST_SPLIT))
+  by_c, models = {}, {}
+  for c in plan.logreg_cs:
+    by_c[c], models[c] = logistic_regression_accuracy(*pool, *validation, c)
+    echo(f'[raw pixels] logistic regression C={c}: validation {by_c[c]:.4f}')
+  best_c = best_of(by_c)
+  logreg = float((models[best_c].predict(test[0]) == test[1]).mean())
+  knn_top_1 = knn.knn_accuracy(*pool, *test, num_classes=NUM_CLASSES)
+  echo(f'[raw pixels] test: logistic regression {logreg:.4f} (C={best_c}), '
+       f'kNN {knn_top_1:.4f} ({time.time() - started:.0f} s)')
+  return {'raw_pixel_logreg_top_1': logreg, 'raw_pixel_knn_top_1': knn_top_1,
+          'raw_pixel_logreg_c': best_c,
+          'raw_pixel_logreg_validation': {str(c): a for c, a in by_c.items()},
+          'seconds': time.time() - started}
+
+
+# ---------------------------------------------------------------- the protocol
+def best_of(scores):
+  """The key with the highest validation score (the first on a tie)."""
+  return max(scores, key=lambda key: (scores[key], -list(scores).index(key)))
+
+
+def run_protocol(plan, stages, echo=print):
+  """Runs every stage; returns the results dict (without outputs/metadata)."""
+  top_1 = {arm: {} for arm in ARMS}
+  seeds_top_1 = {arm: {} for arm in ARMS}
+  choices, encoder, agreement = {}, {}, {}
+
+  # Pretraining, its kNN and linear probe.
+  pretrain_dir = stages.model_dir('pretrain')
+  pretrain = pretrain_flags(plan, pretrain_dir)
+  validation = stages.run('pretrain', pretrain)['result']
+  encoder['validation_knn_top_1'] = validation['knn_top_1']
+  test = stages.test('pretrain', pretrain)
+  encoder['knn_top_1'] = test['knn_top_1']
+  encoder['pretrain_linear_head_top_1'] = test['label_top_1_accuracy']
+  linear = linear_probe_flags(plan, stages.model_dir('linear_probe'),
+                              pretrain_dir)
+  stages.run('linear_probe', linear)
+  encoder['linear_probe_top_1'] = stages.test('linear_probe', linear)[
+      'label_top_1_accuracy']
+  anchors = raw_pixel_anchors(plan, echo)
+  stages.records['raw_pixel_anchors'] = {'seconds': anchors.pop('seconds'),
+                                         'result': {}}
+  encoder.update(anchors)
+
+  student_init = None
   for fraction in FRACTIONS:
-    tag = f'@{fraction}'
-    # (b) SimCLRv2: finetune the shared pretraining; recipe sweep at the
-    # smallest fraction, the winner reused at the others.
-    recipes = (plan.finetune_recipes if fraction == FRACTIONS[0]
-               else (finetune_sweep['best'],))
-    best_recipe = None
-    for recipe in recipes:
-      key = 'finetune' + tag + (f'_{recipe[0]}{recipe[1]}'
-                                if len(recipes) > 1 else '')
-      dirs[key] = os.path.join(work_dir, f'finetune_{fraction}_'
-                               f'{recipe[0]}{recipe[1]}')
-      result = run_stage(key, run_py + finetune_flags(
-          plan, fraction, dirs[key], dirs['pretrain'], recipe), dirs[key],
-                         log_dir, timings, echo)
-      finetune_sweep.setdefault(fraction, {})[recipe] = result[
-          'label_top_1_accuracy']
-      if (best_recipe is None or result['label_top_1_accuracy'] >
-          finetune_sweep[fraction][best_recipe]):
-        best_recipe = recipe
-        dirs['finetune' + tag] = dirs[key]
-    finetune_sweep.setdefault('best', best_recipe)
-    accuracy['simclr'][fraction] = finetune_sweep[fraction][best_recipe]
-    # (a) supervised baseline: LR sweep at the smallest fraction.
-    lrs = plan.baseline_lrs if fraction == FRACTIONS[0] else (sweep['best'],)
-    best = None
-    for lr in lrs:
-      key = f'supervised{tag}' + (f'_lr{lr}' if len(lrs) > 1 else '')
-      dirs[key] = os.path.join(work_dir, f'supervised_{fraction}_lr{lr}')
-      result = run_stage(key, run_py + supervised_flags(
-          plan, fraction, dirs[key], lr), dirs[key], log_dir,
-                         timings, echo)
-      sweep.setdefault(fraction, {})[lr] = result['label_top_1_accuracy']
-      if best is None or result['label_top_1_accuracy'] > sweep[fraction][best]:
-        best = lr
-    sweep['best'] = sweep.get('best', best)
-    accuracy['supervised'][fraction] = sweep[fraction][best]
-    # (c), (d) distillation from the finetuned teacher.
+    key = fraction_key(fraction)
+    seeds = plan.label_seeds[fraction]
+    teachers = {}
+    # The supervised baseline and finetuning: the learning rate of each on
+    # the validation split at label seed 0, the same number of candidates.
+    for arm, rates, checkpoint in (
+        ('supervised', plan.supervised_learning_rates, 'scratch'),
+        ('simclr', plan.finetune_learning_rates, pretrain_dir)):
+      prefix = 'supervised' if arm == 'supervised' else 'finetune'
+      scores, flags_of = {}, {}
+      for rate in rates:
+        name = f'{prefix}@{key}_seed{seeds[0]}_lr{rate:g}'
+        flags_of[rate] = few_label_flags(plan, fraction, seeds[0],
+                                         stages.model_dir(name), rate,
+                                         checkpoint)
+        scores[rate] = stages.validation_top_1(name, flags_of[rate])
+      rate = best_of(scores)
+      choices[f'{arm}_learning_rate@{key}'] = {
+          'validation_top_1': {f'{r:g}': s for r, s in scores.items()},
+          'chosen': rate}
+      per_seed = []
+      for seed in seeds:
+        name = f'{prefix}@{key}_seed{seed}_lr{rate:g}'
+        flags = (flags_of[rate] if seed == seeds[0] else few_label_flags(
+            plan, fraction, seed, stages.model_dir(name), rate, checkpoint))
+        stages.run(name, flags)
+        per_seed.append(stages.test(name, flags)['label_top_1_accuracy'])
+        if arm == 'simclr':
+          teachers[seed] = stages.model_dir(name)
+      seeds_top_1[arm][key] = per_seed
+    # Distillation of each seed's teacher on the pool, without labels.
     for arm, width in (('self_distill', plan.width),
                        ('distill_small', plan.student_width)):
-      key = arm + tag
-      dirs[key] = os.path.join(work_dir, f'{arm}_{fraction}')
-      result = run_stage(key, run_py + distill_flags(
-          plan, fraction, dirs[key], dirs['finetune' + tag], width),
-                         dirs[key], log_dir, timings, echo)
-      accuracy[arm][fraction] = result['label_top_1_accuracy']
-      extra[f'{arm}_teacher_agreement@{fraction}'] = result.get(
-          'teacher_agreement')
-  extra['baseline_lr_sweep'] = {str(f): {str(lr): a for lr, a in v.items()}
-                                for f, v in sweep.items() if f != 'best'}
-  extra['baseline_lr'] = sweep['best']
-  extra['finetune_recipe_sweep'] = {
-      str(f): {f'{o} {lr}': a for (o, lr), a in v.items()}
-      for f, v in finetune_sweep.items() if f != 'best'}
-  extra['finetune_recipe'] = ' '.join(map(str, finetune_sweep['best']))
-  return accuracy, extra, timings, dirs
+      per_seed = []
+      for seed in seeds:
+        if arm == 'self_distill' and student_init is None:
+          student_init = _choose_student_init(plan, stages, key, seed,
+                                              teachers[seed], pretrain_dir,
+                                              choices)
+        init = (pretrain_dir if arm == 'self_distill' and
+                student_init == 'pretrained' else None)
+        name = f'{arm}@{key}_seed{seed}' + (
+            f'_{student_init}' if arm == 'self_distill' else '')
+        flags = distill_flags(plan, stages.model_dir(name), teachers[seed],
+                              width, init)
+        stages.run(name, flags)
+        result = stages.test(name, flags)
+        per_seed.append(result['label_top_1_accuracy'])
+        agreement.setdefault(arm, {}).setdefault(key, []).append(
+            result.get('teacher_agreement'))
+      seeds_top_1[arm][key] = per_seed
+    for arm in ARMS:
+      top_1[arm][key] = sum(seeds_top_1[arm][key]) / len(seeds_top_1[arm][key])
+    echo(f'== {fraction:.1%} labels, test top-1: ' + ', '.join(
+        f'{arm} {top_1[arm][key]:.4f}' for arm in ARMS))
+  return {'top_1': top_1, 'top_1_seeds': seeds_top_1, 'encoder': encoder,
+          'validation_choices': choices, 'teacher_agreement': agreement}
+
+
+def _choose_student_init(plan, stages, key, seed, teacher, pretrain_dir,
+                         choices):
+  """The self-distilled student starts from the pretraining or from scratch:
+  both trained once on the first cell, the better on validation kept."""
+  scores = {}
+  for init in plan.student_inits:
+    name = f'self_distill@{key}_seed{seed}_{init}'
+    flags = distill_flags(plan, stages.model_dir(name), teacher, plan.width,
+                          pretrain_dir if init == 'pretrained' else None)
+    scores[init] = stages.validation_top_1(name, flags)
+  chosen = best_of(scores)
+  choices['self_distill_student_init'] = {
+      'validation_top_1': scores, 'chosen': chosen, 'chosen_at': key}
+  return chosen
 
 
 # ---------------------------------------------------------------- event files
 def read_scalars(model_dir, tags=PRETRAIN_TAGS):
-  """{tag: [(step, value), ...]} sorted by step, from every TensorBoard
-  event file directly in model_dir (the last value wins for a repeated step)."""
+  """{tag: [(step, value), ...]} sorted by step, from the TensorBoard event
+  files directly in model_dir (the last value wins for a repeated step)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   found = {tag: {} for tag in tags}
   for path in sorted(glob.glob(os.path.join(model_dir, 'events.out.tfevents.*'))):
@@ -395,18 +659,16 @@ def machine_info():
           break
   except OSError:
     pass
-  info = {'cpu': cpu, 'cores': os.cpu_count(), 'python': platform.python_version(),
-          'platform': platform.platform()}
+  info = {'cpu': cpu, 'cores': os.cpu_count(),
+          'python': platform.python_version(), 'platform': platform.platform()}
   try:
-    info['tensorflow'] = subprocess.run(
-        [sys.executable, '-c', 'import tensorflow as tf; print(tf.__version__)'],
-        capture_output=True, text=True, check=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    info['tensorflow'] = tf.__version__
+    info['gpus'] = len(tf.config.list_physical_devices('GPU'))
+  except ImportError:
     info['tensorflow'] = 'unknown'
   try:
-    load = os.getloadavg()
-    info['load_average_at_end'] = [round(x, 2) for x in load]
+    info['load_average_at_end'] = [round(x, 2) for x in os.getloadavg()]
   except OSError:
     pass
   return info
@@ -415,7 +677,7 @@ def machine_info():
 def git_info():
   def git(*args):
     return subprocess.run(['git', *args], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
+                          text=True, check=False).stdout.strip()
   dirty = git('status', '--porcelain', '--', 'run.py', 'tf_simclr', 'export',
               'benchmarks/semi_supervised.py')
   return {'commit': git('rev-parse', 'HEAD'),
@@ -426,35 +688,68 @@ def fraction_label(fraction):
   return f'{fraction * 100:g} %'
 
 
+def _cell(values):
+  """'mean (min–max)' in percent of a list of per-seed accuracies."""
+  values = [v for v in values or [] if v is not None]
+  if not values:
+    return '—'
+  mean = 100 * sum(values) / len(values)
+  if len(values) == 1:
+    return f'{mean:.2f}'
+  return f'{mean:.2f} ({100 * min(values):.1f}–{100 * max(values):.1f})'
+
+
 def markdown_table(results):
-  """The results as Markdown: accuracy per arm and fraction, then wall times."""
-  fractions = [float(f) for f in results['fractions']]
-  acc = results['top_1']
+  """The results as Markdown: accuracy per arm and fraction (mean and
+  min–max over label seeds), gains, the encoder, choices and wall times."""
+  fractions = results['fractions']
+  seeds = results['top_1_seeds']
+  mean = results['top_1']
   head = '| arm | ' + ' | '.join(
-      f'{fraction_label(f)} labels ({labeled_count(f)} images)'
+      f'{fraction_label(float(f))} labels ({results["labeled_images"][f]} '
+      f'images, {len(seeds["supervised"].get(f, []))} '
+      f'seed{"s" if len(seeds["supervised"].get(f, [])) != 1 else ""})'
       for f in fractions) + ' |'
   lines = [head, '|---|' + '---:|' * len(fractions)]
   for arm in ARMS:
-    cells = []
+    lines.append(f'| {ARM_TITLES[arm]} | ' + ' | '.join(
+        _cell(seeds.get(arm, {}).get(f)) for f in fractions) + ' |')
+  for arm in ('simclr', 'self_distill'):
+    gains = []
     for f in fractions:
-      value = acc.get(arm, {}).get(str(f))
-      cells.append('—' if value is None else f'{100 * value:.2f}')
-    lines.append(f'| {ARM_TITLES[arm]} | ' + ' | '.join(cells) + ' |')
-  gain = []
-  for f in fractions:
-    a, b = acc.get('simclr', {}).get(str(f)), acc.get('supervised', {}).get(str(f))
-    gain.append('—' if a is None or b is None else f'{100 * (a - b):+.2f}')
-  lines.append('| *SimCLRv2 − supervised (points)* | ' + ' | '.join(gain) + ' |')
-  text = ['Test top-1 accuracy (%) on Fashion-MNIST (10 000 test images).', '',
-          *lines, '']
-  linear = results.get('extra', {}).get('pretrain_linear_eval_top_1')
-  if linear is not None:
-    text += [f'Linear probe trained alongside pretraining (stop-gradient, all '
-             f'labels): {100 * linear:.2f} %.', '']
-  text += ['| stage | wall time (s) |', '|---|---:|']
-  for name, seconds in results['wall_time_s'].items():
-    text.append(f'| {name} | {seconds:.0f} |')
-  text.append(f'| **total** | {sum(results["wall_time_s"].values()):.0f} |')
+      a, b = mean.get(arm, {}).get(f), mean.get('supervised', {}).get(f)
+      gains.append('—' if a is None or b is None else
+                   f'{100 * (a - b):+.2f}')
+    lines.append(f'| *{arm} − supervised (points)* | ' + ' | '.join(gains)
+                 + ' |')
+  text = ['Test top-1 accuracy (%) on Fashion-MNIST (10 000 test images): '
+          'mean over label seeds (min–max).', '', *lines, '']
+  encoder = results.get('encoder', {})
+  if encoder:
+    text += ['| encoder (pretrained, not finetuned) | test top-1 (%) |',
+             '|---|---:|']
+    for key, title in (
+        ('knn_top_1', 'kNN (k 200, cosine, final_avg_pool)'),
+        ('linear_probe_top_1', 'linear probe (fine_tune_after_block=4)'),
+        ('raw_pixel_knn_top_1', 'raw pixels: the same kNN'),
+        ('raw_pixel_logreg_top_1', 'raw pixels: logistic regression')):
+      if encoder.get(key) is not None:
+        text.append(f'| {title} | {100 * encoder[key]:.2f} |')
+    text.append('')
+  choices = results.get('validation_choices', {})
+  if choices:
+    text += ['Choices made on the validation split (validation top-1):', '']
+    for name, choice in choices.items():
+      scores = ', '.join(f'{k}: {100 * v:.2f}' for k, v in
+                         choice['validation_top_1'].items())
+      text.append(f'- {name}: **{choice["chosen"]}** ({scores})')
+    text.append('')
+  text += ['| stage | wall time (s) | training images/s |', '|---|---:|---:|']
+  for name, entry in results['wall_time_s'].items():
+    rate = entry.get('train_images_per_sec')
+    text.append(f'| {name} | {entry["seconds"]:.0f} | '
+                f'{"" if rate is None else f"{rate:.0f}"} |')
+  text.append(f'| **total** | {results["total_wall_time_s"]:.0f} | |')
   machine = results.get('machine', {})
   text += ['', f'Machine: {machine.get("cpu", "?")}, {machine.get("cores", "?")} '
            f'cores, TensorFlow {machine.get("tensorflow", "?")}. Commit '
@@ -464,25 +759,41 @@ def markdown_table(results):
 
 
 def plot_accuracy(results, path):
+  """Test top-1 against labeled images (log x), one line per arm, the
+  seeds' min–max as error bars."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  fractions = [float(f) for f in results['fractions']]
-  figure, axis = plt.subplots(figsize=(6, 4.2))
+  figure, axis = plt.subplots(figsize=(6.4, 4.4))
+  fractions = results['fractions']
   for arm, marker in zip(ARMS, 'osD^'):
-    points = [(100 * f, 100 * results['top_1'][arm][str(f)]) for f in fractions
-              if results['top_1'].get(arm, {}).get(str(f)) is not None]
-    if points:
-      axis.plot(*zip(*points), marker=marker, label=ARM_TITLES[arm])
+    xs, ys, low, high = [], [], [], []
+    for f in fractions:
+      values = [v for v in results['top_1_seeds'].get(arm, {}).get(f) or []
+                if v is not None]
+      if not values:
+        continue
+      m = 100 * sum(values) / len(values)
+      xs.append(results['labeled_images'][f])
+      ys.append(m)
+      low.append(max(0.0, m - 100 * min(values)))
+      high.append(max(0.0, 100 * max(values) - m))
+    if xs:
+      axis.errorbar(xs, ys, yerr=[low, high], marker=marker, capsize=3,
+                    label=ARM_TITLES[arm])
+  for key, style, title in (('raw_pixel_logreg_top_1', ':',
+                             'raw pixels, logistic regression (all labels)'),):
+    value = results.get('encoder', {}).get(key)
+    if value is not None:
+      axis.axhline(100 * value, linestyle=style, color='grey', label=title)
   axis.set_xscale('log')
-  axis.set_xticks([100 * f for f in fractions])
-  axis.set_xticklabels([fraction_label(f) for f in fractions])
-  axis.set_xlabel('labeled fraction of the training set')
+  axis.set_xlabel('labeled training images (log scale)')
   axis.set_ylabel('test top-1 accuracy (%)')
-  axis.set_title('Fashion-MNIST, ResNet-%s' % results.get('plan', {}).get(
-      'depth', '?'))
+  axis.set_title('Fashion-MNIST, ResNet-%s ×%s' % (
+      results.get('plan', {}).get('depth', '?'),
+      results.get('plan', {}).get('width', '?')))
   axis.grid(alpha=0.3)
-  axis.legend(fontsize=8)
+  axis.legend(fontsize=7)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   plt.close(figure)
@@ -521,6 +832,17 @@ def write_outputs(results, curves, output_dir):
   return paths
 
 
+def plan_record(plan, args):
+  record = dataclasses.asdict(plan)
+  for name in ('few_label_batch', 'few_label_epochs', 'label_seeds'):
+    record[name] = {fraction_key(k): v for k, v in record[name].items()}
+  return record | {'steps': plan.steps(), 'runs': plan.runs(),
+                   'pool_size': plan.pool_size,
+                   'train_split': plan.train_split,
+                   'validation_split': plan.validation_split,
+                   'quick': args.quick, 'scale': args.scale}
+
+
 # ---------------------------------------------------------------- main
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -532,50 +854,52 @@ def parse_args(argv):
   parser.add_argument('--work_dir', default=None,
                       help='model_dirs and logs (default: a new temporary '
                       'directory); stages already done there are reused')
+  parser.add_argument('--subprocesses', action='store_true',
+                      help='run every stage as its own `python run.py` '
+                      'process (slower: start-up per stage)')
   parser.add_argument('--plan_only', action='store_true',
                       help='print the step counts and time estimate, run nothing')
   return parser.parse_args(argv)
 
 
 def main(argv=None):
-  args = parse_args(argv if argv is not None else sys.argv[1:])
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = parse_args(argv)
   plan = make_plan(args.scale, args.quick)
   estimate = estimate_seconds(plan)
   print('steps:', json.dumps(plan.steps()))
+  print('runs:', json.dumps(plan.runs()))
   print(f'estimated wall time on 2 CPU cores: {estimate["total"] / 60:.0f} min')
   if args.plan_only:
     print(json.dumps(estimate, indent=1))
     return 0
   work_dir = args.work_dir or tempfile.mkdtemp(prefix='simclr_semi_')
-  print('work_dir:', work_dir)
+  print('work_dir:', work_dir, flush=True)
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  logging.use_absl_handler()  # run.py's progress lines, as under app.run.
+  logging.set_verbosity(logging.INFO)
   started = time.time()
+  stages = Stages(work_dir, subprocesses=args.subprocesses,
+                  echo=lambda line: print(line, flush=True))
   try:
-    accuracy, extra, timings, dirs = run_protocol(plan, work_dir)
+    results = run_protocol(plan, stages, stages.echo)
   except StageFailed as error:
     print(f'semi_supervised.py: {error}', file=sys.stderr)
     return 1
-  curves = read_scalars(dirs['pretrain'])
-  results = {
-      'fractions': [str(f) for f in FRACTIONS],
-      'labeled_images': {str(f): labeled_count(f) for f in FRACTIONS},
-      'top_1': {arm: {str(f): v for f, v in by_fraction.items()}
-                for arm, by_fraction in accuracy.items()},
-      'extra': extra,
-      'wall_time_s': timings,
+  curves = read_scalars(stages.model_dir('pretrain'))
+  results.update({
+      'fractions': [fraction_key(f) for f in FRACTIONS],
+      'labeled_images': {fraction_key(f): labeled_count(f, plan.num_train)
+                         for f in FRACTIONS},
+      'wall_time_s': stages.timings(),
       'total_wall_time_s': time.time() - started,
-      'plan': dataclasses.asdict(plan) | {'steps': plan.steps(),
-                                          'quick': args.quick,
-                                          'scale': args.scale},
+      'plan': plan_record(plan, args),
       'estimated_wall_time_s': estimate['total'],
-      'command': shlex.join(['python', 'benchmarks/semi_supervised.py',
-                             *(argv if argv is not None else sys.argv[1:])]),
+      'command': shlex.join(['python', 'benchmarks/semi_supervised.py', *argv]),
       'git': git_info(),
       'machine': machine_info(),
       'work_dir': work_dir,
-  }
-  results['plan']['finetune_batch'] = {str(k): v for k, v in plan.finetune_batch.items()}
-  results['plan']['finetune_epochs'] = {str(k): v for k, v in plan.finetune_epochs.items()}
-  results['plan']['baseline_epochs'] = {str(k): v for k, v in plan.baseline_epochs.items()}
+  })
   paths = write_outputs(results, curves, args.output_dir)
   print(markdown_table(results))
   print('wrote', ', '.join(paths.values()))

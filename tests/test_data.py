@@ -150,6 +150,34 @@ def test_labeled_and_unlabeled_are_disjoint_and_make_the_split():
   assert set(_fingerprints(again)) <= set(labeled)
 
 
+def test_labeled_subset_scans_the_split_once_over_many_epochs(monkeypatch):
+  """The subset is kept after the first pass: later epochs do not re-read
+  the whole split (which made 1 % finetuning input-bound)."""
+  reads = tf.Variable(0, dtype=tf.int64)
+  source = data._source('synthetic', None)  # pylint: disable=protected-access
+  original_read = type(source).read
+
+  def counting_read(self, split, shuffle_files, seed, input_context):
+    dataset, sharded = original_read(self, split, shuffle_files, seed,
+                                     input_context)
+
+    def count(key, raw, label):
+      reads.assign_add(1)
+      return key, raw, label
+    return dataset.map(count), sharded
+
+  monkeypatch.setattr(type(source), 'read', counting_read)
+  config = _config(label_fraction=0.05, subset='labeled', is_training=True,
+                   batch_size=10, augmentation='finetune')
+  subset_size = data.num_examples(config)
+  batches = list(data.build_dataset(config).take(5 * subset_size // 10))
+  labels = np.concatenate([b[1].numpy() for b in batches])
+  assert len(labels) == 5 * subset_size  # Five epochs of the subset.
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10),
+                                [5 * subset_size // 10] * 10)
+  assert int(reads.numpy()) == 1024  # One scan of the split.
+
+
 def test_label_fraction_one_labeled_is_everything():
   assert data.num_examples(_config(subset='labeled')) == 1024
   with pytest.raises(data.DataError, match='empty'):

@@ -1,65 +1,159 @@
-"""Tests of benchmarks/semi_supervised.py: planning, tables, plots, event files;
-one end-to-end --quick run (slow)."""
+"""Tests of benchmarks/semi_supervised.py: the splits (validation carved apart
+from the labeled, unlabeled and test images), label seeds, the raw-pixel
+anchors against NumPy, stage flags, choices, tables and plots; one
+end-to-end --quick run (slow)."""
 
+import gzip
 import json
 import os
+import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import semi_supervised as semi
+from tf_simclr import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'benchmarks', 'semi_supervised.py')
+NUM_TRAIN, NUM_TEST = 400, 120
 
 
+# ---------------------------------------------------------------- a small Fashion-MNIST
+def _write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(
+      struct.pack('>I', size) for size in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
 
 
-def fake_results():
-  return {
-      'fractions': ['0.01', '0.1'],
-      'top_1': {'supervised': {'0.01': 0.61, '0.1': 0.80},
-                'simclr': {'0.01': 0.72, '0.1': 0.83},
-                'self_distill': {'0.01': 0.73, '0.1': 0.835},
-                'distill_small': {'0.01': 0.70, '0.1': None}},
-      'extra': {'pretrain_linear_eval_top_1': 0.78},
-      'wall_time_s': {'pretrain': 700.0, 'finetune@0.01': 120.5},
-      'plan': {'depth': 18},
-      'machine': {'cpu': 'Test CPU', 'cores': 2, 'tensorflow': '2.20.0'},
-      'git': {'commit': 'abc123'},
-      'command': 'python benchmarks/semi_supervised.py',
-  }
+@pytest.fixture(scope='module')
+def small_fashion(tmp_path_factory):
+  """IDX files of 400 train / 120 test random 28x28 images whose label is
+  readable from the pixels (class c brightens row band c), in TFDS's format
+  through the project's offline path. Returns (plan, arrays)."""
+  root = tmp_path_factory.mktemp('fashion')
+  rng = np.random.RandomState(0)
+  arrays = {}
+  for split, count in (('train', NUM_TRAIN), ('test', NUM_TEST)):
+    labels = rng.randint(0, 10, count)
+    images = rng.randint(0, 120, (count, 28, 28))
+    for index, label in enumerate(labels):
+      images[index, 2 * label:2 * label + 4] += 130
+    images_file, labels_file = data.FASHION_MNIST_FILES[split]
+    _write_idx(str(root / images_file), images)
+    _write_idx(str(root / labels_file), labels)
+    arrays[split] = images, labels
+  data_dir = str(root / 'tfds')
+  data.prepare_fashion_mnist(str(root), data_dir)
+  plan = semi.Plan(num_train=NUM_TRAIN, validation_size=100, data_dir=data_dir,
+                   logreg_cs=(0.5,), eval_steps=0)
+  return plan, arrays
 
 
-# ---------------------------------------------------------------- planning
-def test_labeled_counts_match_the_class_balanced_subsets():
-  assert semi.labeled_count(0.01) == 600
-  assert semi.labeled_count(0.1) == 6000
+def test_validation_pool_and_test_are_disjoint_and_cover_train(small_fashion):
+  plan, _ = small_fashion
+  validation, _ = semi.split_keys_and_labels(plan, plan.validation_split)
+  pool, _ = semi.split_keys_and_labels(plan, plan.train_split)
+  everything, _ = semi.split_keys_and_labels(plan, 'train')
+  assert len(validation) == 100 and len(pool) == NUM_TRAIN - 100
+  assert not set(validation) & set(pool)
+  assert set(validation) | set(pool) == set(everything)
 
 
-def test_steps_for_rounds_up_and_is_at_least_one():
-  assert semi.steps_for(1, 600, 64) == 10
-  assert semi.steps_for(60, 600, 64) == 563
-  assert semi.steps_for(0.0001, 600, 64) == 1
+def test_labeled_subsets_come_from_the_pool_class_balanced(small_fashion):
+  plan, _ = small_fashion
+  pool_keys, pool_labels = semi.split_keys_and_labels(plan, plan.train_split)
+  validation, _ = semi.split_keys_and_labels(plan, plan.validation_split)
+  label_of = dict(zip(pool_keys, pool_labels))
+  for fraction in (0.05, 0.1):  # 2 and 4 per class of 400 images.
+    subsets = [set(semi.labeled_subset_keys(plan, fraction, seed))
+               for seed in (0, 1, 2)]
+    for subset in subsets:
+      assert subset <= set(pool_keys)
+      assert not subset & set(validation)
+      counts = np.bincount([label_of[k] for k in subset], minlength=10)
+      np.testing.assert_array_equal(
+          counts, [semi.per_class(fraction, NUM_TRAIN)] * 10)
+    # The seeds pick different images, each seed the same ones every time.
+    assert subsets[0] != subsets[1] and subsets[1] != subsets[2]
+    assert subsets[0] == set(semi.labeled_subset_keys(plan, fraction, 0))
 
 
-def test_default_plan_steps():
-  plan = semi.make_plan()
-  steps = plan.steps()
-  assert steps['pretrain'] == semi.steps_for(plan.pretrain_epochs, 60000, 256)
-  assert steps['finetune@0.01'] == semi.steps_for(60, 600, 64)
-  assert steps['supervised@0.01'] == semi.steps_for(150, 600, 64)
-  assert steps['supervised@0.1'] == semi.steps_for(30, 6000, 128)
-  # The baseline trains longer than finetuning on the same subset.
-  for fraction in semi.FRACTIONS:
-    assert steps[f'supervised@{fraction}'] > steps[f'finetune@{fraction}']
-  images = plan.images()
-  assert images['pretrain'] == steps['pretrain'] * 256
+def test_pool_label_fraction_selects_the_protocol_counts():
+  plan = semi.Plan()
+  for fraction, per_class in ((0.001, 6), (0.01, 60), (0.1, 600)):
+    label_fraction = semi.pool_label_fraction(plan, fraction)
+    # tf_simclr.data's rule on the 55 000-image pool.
+    assert round(label_fraction * plan.pool_size / 10) == per_class
+    assert semi.labeled_count(fraction) == 10 * per_class
 
 
+def _numpy_weighted_knn(bank, bank_labels, queries, k=200, temperature=0.1):
+  bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+  queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+  predictions = []
+  for query in queries:
+    similarity = bank @ query
+    nearest = np.argsort(-similarity, kind='stable')[:k]
+    scores = np.zeros(10)
+    for index in nearest:
+      scores[bank_labels[index]] += np.exp(similarity[index] / temperature)
+    predictions.append(np.argmax(scores))
+  return np.array(predictions)
+
+
+def test_raw_pixel_anchors_against_numpy(small_fashion):
+  plan, arrays = small_fashion
+  anchors = semi.raw_pixel_anchors(plan, echo=lambda *_: None)
+  pool = semi.split_arrays(plan.dataset, plan.train_split, 28,
+                           data_dir=plan.data_dir)
+  validation = semi.split_arrays(plan.dataset, plan.validation_split, 28,
+                                 data_dir=plan.data_dir)
+  test = semi.split_arrays(plan.dataset, 'test', 28, data_dir=plan.data_dir)
+  # The arrays are the IDX files' images in [0, 1] (any order).
+  train_pixels = np.concatenate([pool[0], validation[0]])
+  np.testing.assert_allclose(
+      np.sort(train_pixels.sum(1)),
+      np.sort(arrays['train'][0].reshape(NUM_TRAIN, -1).sum(1) / 255.0),
+      rtol=1e-5)
+  expected_knn = np.mean(_numpy_weighted_knn(pool[0], pool[1], test[0]) ==
+                         test[1])
+  assert anchors['raw_pixel_knn_top_1'] == pytest.approx(expected_knn)
+  # Logistic regression: its weights solve the regularised problem (the
+  # gradient of C * sum CE + |W|^2 / 2 is ~0, computed here in NumPy), and
+  # the reported accuracy is that model's on the test split.
+  accuracy, model = semi.logistic_regression_accuracy(*pool, *test, c=0.5,
+                                                      max_iter=2000)
+  logits = pool[0] @ model.coef_.T + model.intercept_
+  probabilities = np.exp(logits - logits.max(1, keepdims=True))
+  probabilities /= probabilities.sum(1, keepdims=True)
+  residual = probabilities - np.eye(10)[pool[1]]
+  gradient = 0.5 * pool[0].T @ residual + model.coef_.T
+  gradient_at_zero = 0.5 * pool[0].T @ (0.1 - np.eye(10)[pool[1]])
+  assert np.abs(gradient).max() < 1e-2 * np.abs(gradient_at_zero).max()
+  predicted = np.argmax(test[0] @ model.coef_.T + model.intercept_, 1)
+  assert accuracy == pytest.approx(np.mean(predicted == test[1]))
+  assert anchors['raw_pixel_logreg_top_1'] == pytest.approx(
+      accuracy, abs=0.02)
+  assert anchors['raw_pixel_logreg_top_1'] > 0.5  # The bands are learnable.
+
+
+# ---------------------------------------------------------------- plan and flags
 def test_default_plan_fits_the_budget_with_margin():
-  assert semi.estimate_seconds(semi.make_plan())['total'] <= 0.8 * 3600
+  assert semi.estimate_seconds(semi.make_plan())['total'] <= 0.9 * 3600
+
+
+def test_default_plan_seeds_and_steps():
+  plan = semi.make_plan()
+  assert plan.label_seeds == {0.001: (0, 1, 2), 0.01: (0, 1, 2), 0.1: (0,)}
+  steps = plan.steps()
+  assert steps['pretrain'] == 55_000 * plan.pretrain_epochs // 256 + 1
+  assert steps['few_label@0.01'] == 600 * 100 // 64 + 1
+  assert len(plan.supervised_learning_rates) == len(
+      plan.finetune_learning_rates)  # The same tuning effort.
 
 
 def test_scale_multiplies_epochs_and_widths():
@@ -68,43 +162,89 @@ def test_scale_multiplies_epochs_and_widths():
   assert big.student_width == 4 * base.student_width
   assert big.steps()['pretrain'] == pytest.approx(
       4 * base.steps()['pretrain'], abs=4)
-  assert big.steps()['distill@0.1'] == pytest.approx(
-      4 * base.steps()['distill@0.1'], abs=4)
 
 
-def test_quick_plan_is_tiny():
-  steps = semi.make_plan(quick=True).steps()
-  assert max(steps.values()) <= 20
-  assert semi.estimate_seconds(semi.make_plan(quick=True))['total'] < 20 * 60
-
-
-def test_stage_flags():
+def test_stage_flags_read_validation_and_test_only_when_asked():
   plan = semi.make_plan()
-  finetune = semi.finetune_flags(plan, 0.01, '/m', '/p')
+  finetune = semi.few_label_flags(plan, 0.01, 2, '/m', 0.2, '/p')
   assert '--ft_proj_selector=1' in finetune
   assert '--zero_init_logits_layer' in finetune
-  assert '--label_fraction=0.01' in finetune
-  assert '--eval_split=test' in finetune
-  supervised = semi.supervised_flags(plan, 0.1, '/m', 0.4)
-  assert '--fine_tune_after_block=-1' in supervised
+  assert '--label_seed=2' in finetune
+  assert '--train_split=train[5000:]' in finetune
+  assert '--eval_split=train[:5000]' in finetune
+  supervised = semi.few_label_flags(plan, 0.01, 0, '/m', 0.8, 'scratch')
   assert '--checkpoint=scratch' in supervised
-  small = semi.distill_flags(plan, 0.1, '/m', '/t', plan.student_width)
+  assert '--ft_proj_selector=0' in supervised
+  small = semi.distill_flags(plan, '/m', '/t', plan.student_width)
   assert f'--width_multiplier={plan.student_width}' in small
-  assert '--teacher_checkpoint=/t' in small
-  for flags in (finetune, supervised, small):
-    assert '--deterministic' in flags and '--export=false' in flags
+  assert not any(f.startswith('--checkpoint=') for f in small)
+  self_distill = semi.distill_flags(plan, '/m', '/t', plan.width, '/p')
+  assert '--checkpoint=/p' in self_distill
+  for flags in (finetune, supervised, small, self_distill):
+    assert '--eval_split=test' not in flags
+    test = semi.test_flags(flags)
+    assert '--eval_split=test' in test and '--mode=eval' in test
+    assert '--eval_name=test' in test
+    assert not any(f.startswith('--eval_split=train') for f in test)
 
 
-# ---------------------------------------------------------------- outputs
+def test_best_of_takes_the_highest_validation_score_first_on_ties():
+  assert semi.best_of({0.2: 0.5, 0.8: 0.7}) == 0.8
+  assert semi.best_of({0.2: 0.7, 0.8: 0.7}) == 0.2
+
+
+# ---------------------------------------------------------------- stages and outputs
+def test_a_stage_done_before_is_reused_not_rerun(tmp_path):
+  stages = semi.Stages(str(tmp_path), echo=lambda *_: None)
+  model_dir = tmp_path / 'x'
+  model_dir.mkdir()
+  record = {'seconds': 12.5, 'train': {},
+            'result': {'label_top_1_accuracy': 0.5, 'eval_split': 'v'}}
+  (model_dir / 'stage_result.json').write_text(json.dumps(record))
+  got = stages.run('x', [f'--model_dir={model_dir}', '--bogus_flag=1'])
+  assert got == record
+  assert stages.timings() == {'x': {'seconds': 12.5}}
+
+
+def test_a_failed_stage_raises_stage_failed(tmp_path):
+  stages = semi.Stages(str(tmp_path), subprocesses=True, echo=lambda *_: None)
+  with pytest.raises(semi.StageFailed, match='exit status 2'):
+    stages.run('bad', [f'--model_dir={tmp_path / "m"}', '--resnet_depth=19'])
+
+
+def fake_results():
+  return {
+      'fractions': ['0.001', '0.01', '0.1'],
+      'labeled_images': {'0.001': 60, '0.01': 600, '0.1': 6000},
+      'top_1': {'supervised': {'0.001': 0.5, '0.01': 0.8, '0.1': 0.88},
+                'simclr': {'0.001': 0.6, '0.01': 0.82, '0.1': 0.87}},
+      'top_1_seeds': {'supervised': {'0.001': [0.4, 0.5, 0.6],
+                                     '0.01': [0.8, 0.8, 0.8], '0.1': [0.88]},
+                      'simclr': {'0.001': [0.6, 0.6, 0.6],
+                                 '0.01': [0.81, 0.82, 0.83], '0.1': [0.87]}},
+      'encoder': {'knn_top_1': 0.83, 'raw_pixel_logreg_top_1': 0.84},
+      'validation_choices': {'supervised_learning_rate@0.01': {
+          'validation_top_1': {'0.2': 0.7, '0.8': 0.75}, 'chosen': 0.8}},
+      'wall_time_s': {'pretrain': {'seconds': 700.0,
+                                   'train_images_per_sec': 1300.0}},
+      'total_wall_time_s': 820.0,
+      'plan': {'depth': 18, 'width': 0.125},
+      'machine': {'cpu': 'Test CPU', 'cores': 2, 'tensorflow': '2.20.0'},
+      'git': {'commit': 'abc123'},
+      'command': 'python benchmarks/semi_supervised.py',
+  }
+
+
 def test_markdown_table():
   text = semi.markdown_table(fake_results())
-  assert '| SimCLRv2 pretrain + finetune (teacher) | 72.00 | 83.00 |' in text
-  assert '| Supervised from scratch (labeled subset only) | 61.00 | 80.00 |' in text
-  assert '| Distilled half-width student | 70.00 | — |' in text
-  assert '+11.00' in text and '+3.00' in text
-  assert '1 % labels (600 images)' in text
-  assert '| pretrain | 700 |' in text and '| **total** | 820 |' in text
-  assert '78.00 %' in text and 'abc123' in text
+  assert ('| Supervised from scratch (labeled subset only) | 50.00 (40.0–60.0) '
+          '| 80.00 (80.0–80.0) | 88.00 |') in text
+  assert '| Distilled' not in text or '—' in text
+  assert '| *simclr − supervised (points)* | +10.00 | +2.00 | -1.00 |' in text
+  assert '0.1 % labels (60 images, 3 seeds)' in text
+  assert '| kNN (k 200, cosine, final_avg_pool) | 83.00 |' in text
+  assert '**0.8** (0.2: 70.00, 0.8: 75.00)' in text
+  assert '| pretrain | 700 | 1300 |' in text and '| **total** | 820 | |' in text
 
 
 def test_write_outputs(tmp_path):
@@ -114,13 +254,9 @@ def test_write_outputs(tmp_path):
   for name in ('accuracy.png', 'pretraining.png'):
     with open(paths[name], 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-  with open(paths['results.json']) as f:
-    saved = json.load(f)
-  assert saved['top_1']['simclr']['0.01'] == 0.72
-  assert saved['pretraining_curves']['train/contrast_acc'] == [[10, 0.1],
-                                                               [20, 0.3]]
-  with open(paths['results.md']) as f:
-    assert f.read() == semi.markdown_table(fake_results())
+  saved = json.loads(open(paths['results.json']).read())
+  assert saved['top_1']['simclr']['0.01'] == 0.82
+  assert saved['top_1_seeds']['supervised']['0.001'] == [0.4, 0.5, 0.6]
 
 
 def test_read_scalars_from_event_file(tmp_path):
@@ -129,39 +265,13 @@ def test_read_scalars_from_event_file(tmp_path):
   with writer.as_default():
     for step in (1, 2, 3):
       tf.summary.scalar('train/contrast_loss', 10.0 / step, step=step)
-      tf.summary.scalar('train/contrast_acc', 0.1 * step, step=step)
       tf.summary.scalar('train/other', 1.0, step=step)
   writer.flush()
   writer.close()
   curves = semi.read_scalars(str(tmp_path))
-  assert set(curves) == set(semi.PRETRAIN_TAGS)
   assert [s for s, _ in curves['train/contrast_loss']] == [1, 2, 3]
   assert curves['train/contrast_loss'][1][1] == pytest.approx(5.0)
-  assert curves['train/contrast_acc'][2][1] == pytest.approx(0.3)
-
-
-def test_read_scalars_without_event_files(tmp_path):
-  assert semi.read_scalars(str(tmp_path)) == {
-      tag: [] for tag in semi.PRETRAIN_TAGS}
-
-
-def test_reused_stage_is_not_rerun(tmp_path):
-  model_dir = tmp_path / 'stage'
-  model_dir.mkdir()
-  (model_dir / 'stage_time.json').write_text('{"seconds": 12.5}')
-  (model_dir / 'result.json').write_text('{"label_top_1_accuracy": 0.5}')
-  timings = {}
-  result = semi.run_stage('x', ['false'], str(model_dir), str(tmp_path),
-                          timings, echo=lambda *_: None)
-  assert result == {'label_top_1_accuracy': 0.5}
-  assert timings == {'x': 12.5}
-
-
-def test_failed_stage_raises_with_log_tail(tmp_path):
-  with pytest.raises(semi.StageFailed, match='exited with 3'):
-    semi.run_stage('bad', [sys.executable, '-c', 'import sys; print("boom"); '
-                           'sys.exit(3)'], str(tmp_path / 'm'), str(tmp_path),
-                   {}, echo=lambda *_: None)
+  assert curves['train/contrast_acc'] == []
 
 
 # ---------------------------------------------------------------- end to end
@@ -171,13 +281,14 @@ def test_quick_protocol_end_to_end(tmp_path):
   completed = subprocess.run(
       [sys.executable, SCRIPT, '--quick', f'--output_dir={output}',
        f'--work_dir={tmp_path / "work"}'], cwd=REPO, capture_output=True,
-      text=True, timeout=3600)
-  assert completed.returncode == 0, completed.stdout + completed.stderr
+      text=True, timeout=3600, check=False)
+  assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
   results = json.loads((output / 'results.json').read_text())
   for arm in semi.ARMS:
     for fraction in results['fractions']:
       assert 0 <= results['top_1'][arm][fraction] <= 1
-  assert results['pretraining_curves']['train/contrast_loss']
-  assert results['wall_time_s']['pretrain'] > 0
+  assert set(results['encoder']) >= {'knn_top_1', 'linear_probe_top_1',
+                                     'raw_pixel_knn_top_1',
+                                     'raw_pixel_logreg_top_1'}
   for name in ('results.md', 'accuracy.png', 'pretraining.png'):
     assert (output / name).stat().st_size > 0

@@ -73,11 +73,11 @@ def extract_features(model, dataset, strategy=None, key=FEATURE_KEY,
         _batch_size(dataset))
   distributed = strategy.experimental_distribute_dataset(dataset)
 
-  @tf.function
   def replica_features(images, labels):
     return tf.cast(model(images, training=False)[key], tf.float32), labels
 
-  @tf.function
+  # One trace for every batch size (the last batch is smaller).
+  @tf.function(reduce_retracing=True)
   def step(batch):
     features, labels = strategy.run(replica_features, args=batch)
     return (strategy.experimental_local_results(features),

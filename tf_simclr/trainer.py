@@ -750,17 +750,18 @@ class Trainer:
     queries the eval split (its first --eval_steps batches when set). Labels
     are read here only; they never reach a training loss."""
     config = self.config
-    bank_input = self._input_config(
+    bank_input = self._replace_input(self._input_config(
         split=config.train_split, augmentation='eval',
         batch_size=config.eval_batch_size, subset='labeled',
-        is_training=False)
+        is_training=False), cache=False)
     query_limit = (config.eval_steps * config.eval_batch_size
                    if config.eval_steps else None)
     bank = knn.extract_features(
         self.model, _unsharded(data.build_dataset(bank_input)),
         self.strategy, max_examples=config.knn_bank_size)
     queries = knn.extract_features(
-        self.model, _unsharded(data.build_dataset(self._eval_input())),
+        self.model, _unsharded(data.build_dataset(
+            self._replace_input(self._eval_input(), cache=False))),
         self.strategy, max_examples=query_limit)
     return knn.knn_accuracy(*bank, *queries, num_classes=self.num_classes)
 
