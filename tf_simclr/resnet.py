@@ -100,13 +100,50 @@ class FixedPadding(tf_keras.layers.Layer):
     return tf.pad(inputs, [[0, 0], [begin, end], [begin, end], [0, 0]])
 
 
+# oneDNN's 1x1 backward-weights kernel (`jit_1x1`, used by TensorFlow's CPU
+# build with oneDNN on: by default on CPUs with AVX-512 VNNI/BF16 or AMX, or
+# with TF_ENABLE_ONEDNN_OPTS=1) is wrong for strided NHWC convolutions whose
+# input has fewer channels than its channel block, 8 with AVX2 and 16 with
+# AVX-512: the weight gradient is wrong, and on AVX-512 the kernel writes past
+# its workspace and corrupts the heap (uxlfoundation/oneDNN issue 6035). Our
+# projection shortcuts are such convolutions at widths below 0.25.
+ONEDNN_1X1_CHANNEL_BLOCK = 16
+
+
+class StridedPointwiseConv2D(tf_keras.layers.Conv2D):
+  """A 1x1 convolution with stride s > 1 (VALID; no bias needed).
+
+  With fewer than ONEDNN_1X1_CHANNEL_BLOCK input channels it convolves
+  `inputs[:, ::s, ::s, :]` with stride 1, which is the same convolution (same
+  outputs, same gradients) but never reaches oneDNN's faulty strided 1x1
+  backward-weights kernel; wider inputs take the strided convolution as it
+  is. The kernel variable and the config are those of a strided Conv2D.
+  """
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    channels = tf.TensorShape(input_shape)[-1]
+    self.subsamples_input = (channels is not None and
+                             channels < ONEDNN_1X1_CHANNEL_BLOCK)
+
+  def convolution_op(self, inputs, kernel):
+    if not self.subsamples_input:
+      return super().convolution_op(inputs, kernel)
+    stride_h, stride_w = self.strides
+    return tf.nn.convolution(inputs[:, ::stride_h, ::stride_w, :], kernel,
+                             strides=1, padding='VALID',
+                             data_format=self._tf_data_format)
+
+
 class Conv2dFixedPadding(tf_keras.layers.Layer):
   """Convolution without bias; strided ones pad explicitly, then use VALID."""
 
   def __init__(self, filters, kernel_size, strides, **kwargs):
     super().__init__(**kwargs)
     self.fixed_padding = FixedPadding(kernel_size) if strides > 1 else None
-    self.conv2d = tf_keras.layers.Conv2D(
+    convolution = (StridedPointwiseConv2D if kernel_size == 1 and strides > 1
+                   else tf_keras.layers.Conv2D)
+    self.conv2d = convolution(
         filters=int(filters),
         kernel_size=kernel_size,
         strides=strides,
