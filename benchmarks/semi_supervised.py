@@ -53,6 +53,10 @@ import sys
 import tempfile
 import time
 
+# As run.py: oneDNN's CPU kernels also on AVX2-only CPUs (set before
+# TensorFlow loads; the stages run in this process).
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
@@ -116,12 +120,12 @@ class Plan:
   image_size: int = 28
   # Pretraining (NT-Xent on the pool, LARS, no blur at 28 px).
   pretrain_batch: int = 256
-  pretrain_epochs: float = 20.0
+  pretrain_epochs: float = 5.0
   pretrain_learning_rate: float = 1.0
   temperature: float = 0.2
   color_jitter_strength: float = 0.5
   # The linear probe: the reference's linear evaluation.
-  linear_epochs: float = 4.0
+  linear_epochs: float = 1.0
   linear_batch: int = 512
   # Few-label training: batch and epochs per fraction (the same for the
   # baseline and finetuning: equal images seen), learning rates swept on
@@ -129,12 +133,15 @@ class Plan:
   few_label_batch: dict = dataclasses.field(
       default_factory=lambda: {0.001: 32, 0.01: 64, 0.1: 128})
   few_label_epochs: dict = dataclasses.field(
-      default_factory=lambda: {0.001: 300, 0.01: 100, 0.1: 20})
-  supervised_learning_rates: tuple = (0.2, 0.8)
-  finetune_learning_rates: tuple = (0.05, 0.2)
+      default_factory=lambda: {0.001: 120, 0.01: 30, 0.1: 5})
+  supervised_learning_rates: tuple = (0.1, 0.4)
+  finetune_learning_rates: tuple = (0.1, 0.4)
+  # Fractions whose learning rates are swept; the others reuse the choice
+  # made at the last swept fraction.
+  sweep_fractions: tuple = (0.001, 0.01)
   # Distillation on the pool (alpha 1, tau 1).
   distill_batch: int = 128
-  distill_epochs: float = 1.0
+  distill_epochs: float = 0.4
   distill_learning_rate: float = 0.2
   # Initialisations of the self-distilled student compared on validation.
   student_inits: tuple = ('pretrained', 'scratch')
@@ -175,25 +182,33 @@ class Plan:
   def runs(self):
     """{stage kind: number of training runs} of the whole protocol."""
     seeds = sum(len(s) for s in self.label_seeds.values())
-    cells = len(FRACTIONS)
+    swept = len(self.sweep_fractions)
     return {
         'pretrain': 1, 'linear_probe': 1,
-        'supervised': cells * len(self.supervised_learning_rates) +
-                      seeds - cells,
-        'finetune': cells * len(self.finetune_learning_rates) + seeds - cells,
+        'supervised': swept * (len(self.supervised_learning_rates) - 1) +
+                      seeds,
+        'finetune': swept * (len(self.finetune_learning_rates) - 1) + seeds,
         'self_distill': seeds + len(self.student_inits) - 1,
         'distill_small': seeds}
+
+  def candidates(self, fraction, rates):
+    """How many learning rates are tried at `fraction`."""
+    return len(rates) if fraction in self.sweep_fractions else 1
 
 
 # Rates of run.py stages measured on this project's 2-core CPU machine
 # (ResNet-18 width 0.125, 28 px, images/s of the training step; pretraining
 # counts images, each with two views) and the fixed cost of a stage run in
 # this process (tracing, input start-up, evaluation of the validation split).
-RATES = {'pretrain': 1300.0, 'few_label': 2300.0, 'linear_probe': 4000.0,
-         'distill': 1500.0, 'distill_small': 2300.0}
-STAGE_OVERHEAD_S = 15.0
-TEST_EVAL_S = 4.0
-ANCHORS_S = 120.0
+# Measured with python -m tf_simclr.benchmark on an idle 2-core AMD EPYC
+# with AVX2 (no AVX-512; oneDNN on): pretraining 322 images/s at batch 256,
+# finetuning 418 at batch 64, self-distillation 443 and the half-width
+# student 696 at batch 128 (the teacher's forward pass included).
+RATES = {'pretrain': 322.0, 'few_label': 418.0, 'linear_probe': 1000.0,
+         'distill': 443.0, 'distill_small': 696.0}
+STAGE_OVERHEAD_S = 22.0
+TEST_EVAL_S = 10.0
+ANCHORS_S = 90.0
 
 
 def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
@@ -207,10 +222,12 @@ def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
                   + overhead,
       'linear_probe': steps['linear_probe'] * plan.linear_batch /
                       rates['linear_probe'] + overhead,
-      'supervised': sum(few[f] * (len(plan.supervised_learning_rates) +
-                                  seeds[f] - 1) for f in FRACTIONS),
-      'finetune': sum(few[f] * (len(plan.finetune_learning_rates) +
-                                seeds[f] - 1) for f in FRACTIONS),
+      'supervised': sum(few[f] * (plan.candidates(
+          f, plan.supervised_learning_rates) + seeds[f] - 1)
+                        for f in FRACTIONS),
+      'finetune': sum(few[f] * (plan.candidates(
+          f, plan.finetune_learning_rates) + seeds[f] - 1)
+                      for f in FRACTIONS),
       'self_distill': runs['self_distill'] * (
           steps['distill'] * plan.distill_batch / rates['distill'] + overhead),
       'distill_small': runs['distill_small'] * (
@@ -233,7 +250,8 @@ def make_plan(scale=1, quick=False):
         pretrain_epochs=256 / plan.pool_size, linear_epochs=512 / plan.pool_size,
         linear_batch=128, few_label_batch={f: 16 for f in FRACTIONS},
         few_label_epochs={0.001: 1, 0.01: 0.2, 0.1: 0.02},
-        supervised_learning_rates=(0.4,), finetune_learning_rates=(0.1,),
+        supervised_learning_rates=(0.1, 0.4), finetune_learning_rates=(0.1, 0.4),
+        sweep_fractions=(0.001,),
         distill_batch=32, distill_epochs=128 / plan.pool_size,
         label_seeds={0.001: (0, 1), 0.01: (0,), 0.1: (0,)},
         logreg_cs=(1.0,), eval_steps=2, knn_bank_size=2_000)
@@ -563,6 +581,11 @@ def run_protocol(plan, stages, echo=print):
         ('supervised', plan.supervised_learning_rates, 'scratch'),
         ('simclr', plan.finetune_learning_rates, pretrain_dir)):
       prefix = 'supervised' if arm == 'supervised' else 'finetune'
+      choice_key = f'{arm}_learning_rate@{key}'
+      if fraction not in plan.sweep_fractions:
+        swept = [k for k in choices if k.startswith(f'{arm}_learning_rate@')
+                 and 'reused_from' not in choices[k]]
+        rates = (choices[swept[-1]]['chosen'],)
       scores, flags_of = {}, {}
       for rate in rates:
         name = f'{prefix}@{key}_seed{seeds[0]}_lr{rate:g}'
@@ -571,9 +594,11 @@ def run_protocol(plan, stages, echo=print):
                                          checkpoint)
         scores[rate] = stages.validation_top_1(name, flags_of[rate])
       rate = best_of(scores)
-      choices[f'{arm}_learning_rate@{key}'] = {
+      choices[choice_key] = {
           'validation_top_1': {f'{r:g}': s for r, s in scores.items()},
           'chosen': rate}
+      if fraction not in plan.sweep_fractions:
+        choices[choice_key]['reused_from'] = swept[-1]
       per_seed = []
       for seed in seeds:
         name = f'{prefix}@{key}_seed{seed}_lr{rate:g}'

@@ -37,6 +37,8 @@ import tempfile
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The kernels run.py trains with (see run.py): oneDNN also on AVX2-only CPUs.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
