@@ -100,24 +100,25 @@ class FixedPadding(tf_keras.layers.Layer):
     return tf.pad(inputs, [[0, 0], [begin, end], [begin, end], [0, 0]])
 
 
-# oneDNN's 1x1 backward-weights kernel (`jit_1x1`, used by TensorFlow's CPU
-# build with oneDNN on: by default on CPUs with AVX-512 VNNI/BF16 or AMX, or
-# with TF_ENABLE_ONEDNN_OPTS=1) is wrong for strided NHWC convolutions whose
-# input has fewer channels than its channel block, 8 with AVX2 and 16 with
-# AVX-512: the weight gradient is wrong, and on AVX-512 the kernel writes past
-# its workspace and corrupts the heap (uxlfoundation/oneDNN issue 6035). Our
-# projection shortcuts are such convolutions at widths below 0.25.
+# oneDNN's 1x1 backward-weights kernel (`jit_1x1`, which TensorFlow's CPU
+# build runs with oneDNN on: by default on CPUs with AVX-512 VNNI/BF16 or AMX,
+# or with TF_ENABLE_ONEDNN_OPTS=1) computes the weight gradient of a strided
+# NHWC convolution wrong when the input has fewer channels than its channel
+# block, 8 with AVX2 and 16 with AVX-512, and with AVX-512 writes past its
+# workspace, corrupting the heap (uxlfoundation/oneDNN issue 6035; our issue
+# 16). Projection shortcuts are such convolutions at widths below 0.25.
 ONEDNN_1X1_CHANNEL_BLOCK = 16
 
 
 class StridedPointwiseConv2D(tf_keras.layers.Conv2D):
-  """A 1x1 convolution with stride s > 1 (VALID; no bias needed).
+  """A 1x1 convolution with stride s > 1 and VALID padding.
 
   With fewer than ONEDNN_1X1_CHANNEL_BLOCK input channels it convolves
-  `inputs[:, ::s, ::s, :]` with stride 1, which is the same convolution (same
-  outputs, same gradients) but never reaches oneDNN's faulty strided 1x1
-  backward-weights kernel; wider inputs take the strided convolution as it
-  is. The kernel variable and the config are those of a strided Conv2D.
+  `inputs[:, ::s, ::s, :]` with stride 1: the same convolution (same outputs,
+  same gradients; the subsampling's gradient scatters back into place) that
+  never reaches oneDNN's faulty strided 1x1 weight-gradient kernel, on every
+  path, exports included. With more channels it is tf_keras's Conv2D as it
+  is. The kernel variable and get_config() are those of the strided Conv2D.
   """
 
   def build(self, input_shape):
