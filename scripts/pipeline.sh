@@ -4,7 +4,8 @@
 #   pretrain (the 60k train images, no labels; kNN and linear-head monitors)
 #   -> finetune (10 % of the labels, from projection-head layer 1)
 #   -> distill (self-distillation on the train images, no labels; the student
-#      starts from the pretrained network)
+#      starts from the finetuned network's backbone and head, a new linear
+#      layer, and learns the teacher's predictions)
 #   -> export (TF-Hub modules at every head depth + a TF Serving SavedModel),
 # printing one line per stage with its test-set result. Each stage's full log
 # is in OUT/<stage>.log; warnings and errors from it are shown. Sizes can be
@@ -15,9 +16,9 @@ cd "$(dirname "$0")/.."
 
 OUT=${OUT:-runs/fashion_mnist}
 WIDTH=${WIDTH:-0.125}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-150}   # batch 256: 0.64 epochs
-FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-6}   # of the 6000 labeled images
-DISTILL_STEPS=${DISTILL_STEPS:-235}     # batch 128: 0.5 epochs
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-110}   # batch 256: 0.47 epochs
+FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-12}  # of the 6000 labeled images
+DISTILL_STEPS=${DISTILL_STEPS:-150}     # batch 128: 0.32 epochs
 COMMON=(--dataset=fashion_mnist --image_size=28 --resnet_depth=18
         --width_multiplier="$WIDTH" --eval_split=test --eval_batch_size=1000
         --mode=train_then_eval --global_bn=false --keep_checkpoint_max=2
@@ -28,7 +29,7 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-1}
 
 # Messages that every CPU-only TensorFlow start prints and that say nothing
 # about the run: the failed CUDA probe and the plugin-registration notes.
-BENIGN='cuInit|cuda_(dnn|fft|blas)|Unable to register|TF-TRT|oneDNN custom operations|computation placer|absl::InitializeLog|cpu_feature_guard|rebuild TensorFlow|Logging before flag parsing'
+BENIGN='deprecation.py|FeatureConnector.dtype|cuInit|cuda_(dnn|fft|blas)|Unable to register|TF-TRT|oneDNN custom operations|computation placer|absl::InitializeLog|cpu_feature_guard|rebuild TensorFlow|Logging before flag parsing'
 
 stage() {  # name, title, run.py flags...: runs one stage quietly
   local name=$1 title=$2 started=$SECONDS
@@ -73,7 +74,7 @@ stage finetune 'finetune (10 % labels, from head layer 1)' \
 
 stage distill 'distill (self-distillation, no labels)' \
   --train_mode=distill --teacher_checkpoint="$OUT/finetune" \
-  --checkpoint="$OUT/pretrain" --ft_proj_selector=1 --zero_init_logits_layer \
+  --checkpoint="$OUT/finetune" --ft_proj_selector=1 --zero_init_logits_layer \
   --train_steps="$DISTILL_STEPS" --train_batch_size=128 \
   --optimizer=momentum --learning_rate=0.2 --weight_decay=1e-4 \
   --warmup_epochs=0.05
