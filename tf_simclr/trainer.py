@@ -574,13 +574,14 @@ class Trainer:
     results = {}
     started = time.time()
     first_step = step
+    # Steps between kNN monitor passes (0: only at evaluation).
+    knn_every = config.knn_every_steps if self.stage.knn_monitor else 0
     while step < self.total_steps and self._stop_signal is None:
       until_checkpoint = self.checkpoint_interval - step % self.checkpoint_interval
       num_steps = min(self.steps_per_loop, self.total_steps - step,
                       until_checkpoint)
-      if self.stage.knn_monitor and config.knn_every_steps:
-        num_steps = min(num_steps, config.knn_every_steps -
-                        step % config.knn_every_steps)
+      if knn_every:
+        num_steps = min(num_steps, knn_every - step % knn_every)
       loop_started = time.time()
       self._run_loop(train_loop, iterators, num_steps)
       bad_step = int(self.nonfinite_step.numpy())
@@ -604,9 +605,7 @@ class Trainer:
             tf.summary.scalar(f'train/{name}', value)
         for metric in self.metrics.values():
           metric.reset_state()
-        if (self.stage.knn_monitor and config.knn_every_steps and
-            step // config.knn_every_steps >
-            previous_step // config.knn_every_steps):
+        if knn_every and step // knn_every > previous_step // knn_every:
           knn_started = time.time()
           results['knn_top_1'] = self.knn_accuracy()
           logging.info('step %d/%d knn_top_1=%.4f (%.1f s)', step,
