@@ -355,3 +355,27 @@ def test_bad_fine_tune_after_block_is_rejected():
   with pytest.raises(ValueError, match='fine_tune_after_block'):
     build_model(0, resnet_depth=18, width_multiplier=WIDTH, image_size=8,
                 fine_tune_after_block=5)
+
+
+@pytest.mark.parametrize('synchronized', [False, True])
+def test_moving_variance_is_the_uncorrected_batch_variance(synchronized):
+  """The fused training kernel (one replica) and the synchronised unfused BN
+  (global BN) both keep m · moving + (1 − m) · var with the batch variance
+  without Bessel's correction, by NumPy, over three steps; the fused path is
+  taken (Keras chose the fused kernel)."""
+  from tf_simclr import resnet  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  layer = resnet.BatchNormalization(momentum=0.9, synchronized=synchronized)
+  layer.build([None, 3, 3, 5])
+  assert layer.fused == (not synchronized)
+  step = tf.function(lambda x: layer(x, training=True))
+  moving_mean, moving_variance = np.zeros(5), np.ones(5)
+  for _ in range(3):
+    x = (rng.normal(size=(7, 3, 3, 5)) * 2 + 1).astype(np.float32)
+    step(tf.constant(x))
+    flat = x.reshape(-1, 5).astype(np.float64)
+    moving_mean = 0.9 * moving_mean + 0.1 * flat.mean(0)
+    moving_variance = 0.9 * moving_variance + 0.1 * flat.var(0)  # ddof=0
+  np.testing.assert_allclose(layer.moving_mean.numpy(), moving_mean, rtol=1e-5)
+  np.testing.assert_allclose(layer.moving_variance.numpy(), moving_variance,
+                             rtol=1e-5)

@@ -42,7 +42,7 @@ def _batch(image_size=32, views=2, size=16):
 def _one_step(trainer, batch):
   """One replica step as Trainer runs it (XLA-compiled with --jit_compile);
   returns (total loss, weights after the update)."""
-  step = trainer._replica_step  # pylint: disable=protected-access
+  step = trainer.replica_step
   if trainer.config.jit_compile:
     step = tf.function(step, jit_compile=True)
   tf.function(lambda: trainer.strategy.run(step, args=(batch,)))()

@@ -67,6 +67,8 @@ flags.DEFINE_float('temperature', 0.1, 'Temperature of the contrastive loss.')
 flags.DEFINE_bool('lineareval_while_pretraining', True, 'Linear-eval head while pretraining.')
 flags.DEFINE_integer('fine_tune_after_block', -1, 'Finetune the layers after this block.')
 flags.DEFINE_integer('num_classes', 0, 'Classes of the supervised head (0: from --dataset).')
+flags.DEFINE_integer('memory_size', 0, 'Pretraining: SimCLRv2\'s memory of negatives (run.py\'s flag; 0: off). Time it against plain SimCLR with --variant=memory_size=K.')
+flags.DEFINE_float('memory_momentum', 0.999, 'Moving-average momentum of the memory network.')
 flags.DEFINE_string('train_mode', 'pretrain', 'pretrain, finetune or distill (the teacher is a randomly initialised model of the same architecture).')
 flags.DEFINE_integer('train_batch_size', 64, 'Global batch size (images; pretraining sees two views of each).')
 flags.DEFINE_string('precision', 'float32', 'float32, bfloat16 or float16.')
@@ -97,13 +99,14 @@ flags.DEFINE_multi_string('variant', [], 'Also time this variant of the flags in
 
 # What a --variant may change (the same model, batch and stage throughout).
 VARIANT_FLAGS = ('steps_per_loop', 'jit_compile', 'precision', 'feed',
-                 'global_bn', 'optimizer', 'blur_placement')
+                 'global_bn', 'optimizer', 'blur_placement', 'memory_size',
+                 'memory_momentum')
 TIMED_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
                'image_size', 'proj_head_mode', 'num_proj_layers',
                'proj_out_dim', 'global_bn', 'optimizer', 'train_batch_size',
                'precision', 'jit_compile', 'steps_per_loop', 'strategy',
                'cpu_replicas', 'steps', 'warmup_steps', 'component', 'feed',
-               'dataset', 'use_blur', 'blur_placement')
+               'dataset', 'use_blur', 'blur_placement', 'memory_size')
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -263,13 +266,13 @@ def make_timed_loop(trainer, batch, feed):
   """A callable run(num_steps) doing num_steps training steps in one call.
 
   feed 'device': Trainer's replica step on `batch` in a loop of our own (what
-  Trainer._make_train_loop does, minus the iterator); 'dataset': Trainer's own
+  Trainer.make_train_loop does, minus the iterator); 'dataset': Trainer's own
   loop over a repeated in-memory dataset of the same batch.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   strategy = trainer.strategy
   if feed == 'dataset':
-    train_loop = trainer._make_train_loop()  # pylint: disable=protected-access
+    train_loop = trainer.make_train_loop()
     values = strategy.experimental_local_results(batch)
     dataset = tf.data.Dataset.from_tensors(
         tuple(tf.concat(parts, 0) for parts in zip(*values))).repeat()
@@ -277,14 +280,14 @@ def make_timed_loop(trainer, batch, feed):
     return lambda num_steps: train_loop(iterators, tf.constant(num_steps))
 
   # As in Trainer: a nested tf.function only when XLA compiles the step.
-  step_fn = trainer._replica_step  # pylint: disable=protected-access
+  step_fn = trainer.replica_step
   if trainer.config.jit_compile:
     step_fn = tf.function(step_fn, jit_compile=True)
 
   @tf.function
   def device_loop(batch, num_steps):
     for _ in tf.range(num_steps):
-      strategy.run(step_fn, args=(batch,))
+      trainer.train_step((batch,), step_fn)
 
   return lambda num_steps: device_loop(batch, tf.constant(num_steps))
 

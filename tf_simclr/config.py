@@ -11,6 +11,8 @@ import json
 import os
 from typing import Optional
 
+from tf_simclr import stages
+
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 TRAIN_MODES = ('pretrain', 'finetune', 'distill')
 MODES = ('train', 'eval', 'train_then_eval')
@@ -99,6 +101,8 @@ class Config:
   # Contrastive objective.
   temperature: float = 0.1
   hidden_norm: bool = True
+  memory_size: int = 0
+  memory_momentum: float = 0.999
   # Architecture.
   resnet_depth: int = 50
   width_multiplier: float = 1.0
@@ -152,7 +156,7 @@ class Config:
                  'checkpoint_steps', 'checkpoint_epochs', 'steps_per_loop',
                  'keep_checkpoint_max', 'keep_hub_module_max', 'num_classes',
                  'warmup_epochs', 'weight_decay', 'num_gpus',
-                 'knn_every_steps'):
+                 'knn_every_steps', 'memory_size'):
       need(getattr(self, name) >= 0,
            f'--{name} must be >= 0, got {getattr(self, name)}')
     need(self.train_steps > 0 or self.train_epochs > 0,
@@ -190,6 +194,17 @@ class Config:
     need(not (self.train_mode == 'distill' and not self.teacher_checkpoint),
          '--train_mode=distill needs --teacher_checkpoint (a finetune model_dir '
          'or an exported SavedModel)')
+    need(0 <= self.memory_momentum < 1,
+         f'--memory_momentum must be in [0, 1), got {self.memory_momentum}')
+    if self.memory_size:
+      need(stages.STAGES[self.train_mode].memory_negatives,
+           '--memory_size is the memory of negatives of the contrastive loss: '
+           f'pretraining only (--train_mode={self.train_mode} needs '
+           '--memory_size=0)')
+      need(self.memory_size >= 2 * self.train_batch_size,
+           f'--memory_size must hold at least one step\'s projections (2 x '
+           f'--train_batch_size = {2 * self.train_batch_size}), got '
+           f'{self.memory_size}')
     need(bool(self.model_dir), '--model_dir is required')
     if self.use_tpu and self.strategy == 'default':
       self.strategy = 'tpu'

@@ -39,19 +39,25 @@ def cross_replica_concat(tensor, strategy=None):
   return tf.reshape(gathered, tf.concat([[-1], tf.shape(tensor)[1:]], axis=0))
 
 
-def contrastive_loss(hidden, hidden_norm=True, temperature=0.1, strategy=None):
-  """NT-Xent loss of SimCLR.
+def contrastive_loss(hidden, hidden_norm=True, temperature=0.1, strategy=None,
+                     memory=None):
+  """NT-Xent loss of SimCLR (with SimCLRv2's memory of negatives).
 
   The two views are the two halves of the batch: rows i and i + n of `hidden`
   are the two views of image i. Each view is contrasted against the other view
   of its image (the positive) and against both views of every other image of
-  the global batch (negatives from all replicas when `strategy` is given).
+  the global batch (negatives from all replicas when `strategy` is given), and
+  against the memory's filled rows when `memory` is given.
 
   Args:
     hidden: [2n, d] projections (any float dtype; computed in float32).
     hidden_norm: l2-normalise `hidden` first (cosine similarity).
     temperature: softmax temperature.
     strategy: tf.distribute.Strategy whose replicas supply negatives, or None.
+    memory: None, or (negatives [K, d], filled): projections of a memory
+      network (constants, already normalised as wanted; see memory.py) of
+      which the first `filled` rows are extra negatives for both views; the
+      others are masked out of the softmax.
 
   Returns:
     loss: scalar, mean cross-entropy of view a plus that of view b (the sum of
@@ -83,10 +89,24 @@ def contrastive_loss(hidden, hidden_norm=True, temperature=0.1, strategy=None):
   logits_ab = tf.matmul(hidden_a, hidden_b_large, transpose_b=True) / temperature
   logits_ba = tf.matmul(hidden_b, hidden_a_large, transpose_b=True) / temperature
 
+  candidates_a = [logits_ab, logits_aa]
+  candidates_b = [logits_ba, logits_bb]
+  loss_labels = labels
+  if memory is not None:
+    negatives, filled = memory
+    negatives = tf.stop_gradient(tf.cast(negatives, tf.float32))
+    # 0 for filled rows, LARGE_NUM for empty ones (float32 whatever the
+    # model's dtype, so the mask never overflows).
+    empty = tf.cast(tf.range(tf.shape(negatives)[0]) >= filled, tf.float32)
+    candidates_a.append(tf.matmul(hidden_a, negatives, transpose_b=True) /
+                        temperature - empty * LARGE_NUM)
+    candidates_b.append(tf.matmul(hidden_b, negatives, transpose_b=True) /
+                        temperature - empty * LARGE_NUM)
+    loss_labels = tf.pad(labels, [[0, 0], [0, tf.shape(negatives)[0]]])
   loss_a = tf.nn.softmax_cross_entropy_with_logits(
-      labels, tf.concat([logits_ab, logits_aa], axis=1))
+      loss_labels, tf.concat(candidates_a, axis=1))
   loss_b = tf.nn.softmax_cross_entropy_with_logits(
-      labels, tf.concat([logits_ba, logits_bb], axis=1))
+      loss_labels, tf.concat(candidates_b, axis=1))
   loss = tf.reduce_mean(loss_a) + tf.reduce_mean(loss_b)
   return loss, logits_ab, labels
 

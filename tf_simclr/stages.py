@@ -29,6 +29,8 @@ class Stage:
     freezes_blocks: honours --fine_tune_after_block.
     knn_monitor: its evaluation also reports the encoder's weighted kNN
       accuracy (label-free training: the representation is what it learns).
+    memory_negatives: accepts --memory_size (SimCLRv2's memory of negatives,
+      memory.py): its objective contrasts.
   """
   name: str
   views: int
@@ -39,13 +41,15 @@ class Stage:
   needs_initial_weights: bool
   freezes_blocks: bool
   knn_monitor: bool = False
+  memory_negatives: bool = False
 
 
 STAGES = {
     'pretrain': Stage('pretrain', views=2, augmentation='pretrain',
                       objective='contrastive', supervised_training=False,
                       train_subset='all', needs_initial_weights=False,
-                      freezes_blocks=False, knn_monitor=True),
+                      freezes_blocks=False, knn_monitor=True,
+                      memory_negatives=True),
     'finetune': Stage('finetune', views=1, augmentation='finetune',
                       objective='supervised', supervised_training=True,
                       train_subset='labeled', needs_initial_weights=True,

@@ -43,6 +43,7 @@ from tf_simclr import config as config_lib
 from tf_simclr import data
 from tf_simclr import distribute
 from tf_simclr import knn
+from tf_simclr import memory as memory_lib
 from tf_simclr import model as model_lib
 from tf_simclr import objectives
 from tf_simclr import optim
@@ -65,14 +66,17 @@ class Preempted(TrainingError):
 # ---------------------------------------------------------------- objectives
 # Each returns (loss, {metric name: scalar}) for one replica's batch.
 def _contrastive_objective(trainer, outputs, labels, extra):
-  del extra
+  """extra: 'memory' (negatives [K, d], filled rows) with --memory_size."""
   config = trainer.config
   loss, logits_ab, contrast_labels = objectives.contrastive_loss(
       outputs[model_lib.PROJ_HEAD_OUTPUT], hidden_norm=config.hidden_norm,
-      temperature=config.temperature, strategy=trainer.strategy)
+      temperature=config.temperature, strategy=trainer.strategy,
+      memory=extra.get('memory'))
   accuracy, entropy = objectives.contrastive_metrics(logits_ab, contrast_labels)
   logs = {'contrast_loss': loss, 'contrast_acc': accuracy,
           'contrast_entropy': entropy}
+  if 'memory' in extra:
+    logs['memory_fill'] = trainer.memory.fill_fraction()
   if model_lib.LOGITS_SUP in outputs:
     # Linear evaluation on both views, behind stop_gradient in the model.
     both_views_labels = tf.concat([labels, labels], axis=0)
@@ -237,9 +241,15 @@ class Trainer:
         self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(
             self.optimizer)
       self.global_step = self.optimizer.iterations
+      # SimCLRv2's memory of negatives: a momentum copy of the network and
+      # its buffer, checkpointed with the model.
+      self.memory = (memory_lib.build_memory(self.model, config, strategy)
+                     if config.memory_size and self.stage.memory_negatives
+                     else None)
+      extra_state = {'memory': self.memory} if self.memory is not None else {}
       self.checkpoint = tf.train.Checkpoint(
           model=self.model, optimizer=self.optimizer,
-          global_step=self.global_step)
+          global_step=self.global_step, **extra_state)
       self.metrics = {name: tf_keras.metrics.Mean(name)
                       for name in self._metric_names()}
       # First step whose loss or gradients were not finite (-1: none yet).
@@ -291,6 +301,16 @@ class Trainer:
     a word saying which."""
     config_lib.check_saved_architecture(self.config.model_dir,
                                         self.architecture)
+    if self.memory is not None:
+      memory_lib.check_resumable(self.memory, self.config.model_dir)
+    how = self._restore_weights()
+    if self.memory is not None and not self.memory.initialized.numpy():
+      # Started now (or resumed from a run without memory): the memory
+      # network starts as a copy of the trained network.
+      self.memory.copy_trained(self.strategy)
+    return how
+
+  def _restore_weights(self):
     latest = checkpoints.restore_latest(self.checkpoint, self.config.model_dir)
     if latest:
       self._last_saved_step = int(self.global_step.numpy())
@@ -327,9 +347,15 @@ class Trainer:
         (self.stage.objective == 'distill' and self.config.distill_alpha < 1))
     if supervised_on_the_side:
       names += ['supervised_loss', 'supervised_acc']
+    if self.memory is not None:
+      names.append('memory_fill')
     return names + ['total_loss', 'weight_decay']
 
-  def _replica_step(self, batch, labeled_batch=None):
+  def replica_step(self, batch, labeled_batch=None):
+    """One replica's training step (replica context): forward, loss,
+    gradients, optimizer update, metrics. Returns the memory network's
+    projections of the global batch [2N, d] when there is a memory, else a
+    dummy scalar."""
     images, labels = batch
     extra = {}
     if self.stage.views > 1:
@@ -339,6 +365,11 @@ class Trainer:
       images = self._device_blur(images)
     if self.teacher is not None:
       extra['teacher_logits'] = tf.stop_gradient(self.teacher(images))
+    memory_keys = tf.zeros([])
+    if self.memory is not None:
+      extra['memory'] = self.memory.negatives()
+      memory_keys = self.memory.gather_views(self.memory.project(images),
+                                             self.strategy)
     if labeled_batch is not None:
       images = tf.concat([images, labeled_batch[0]], axis=0)
       labels = labeled_batch[1]
@@ -374,6 +405,17 @@ class Trainer:
     logs.update(total_loss=loss, weight_decay=weight_decay)
     for name, value in logs.items():
       self.metrics[name].update_state(value)
+    return memory_keys
+
+  def train_step(self, batches, step_fn=None):
+    """One training step of the global batch, in cross-replica context
+    inside a tf.function: the replica step on every replica, then the
+    memory's moving average and push (after the optimizer update)."""
+    keys = self.strategy.run(step_fn or self.replica_step, args=tuple(batches))
+    if self.memory is not None:
+      # Every replica holds the same gathered projections: take the first's.
+      self.memory.update(self.strategy.experimental_local_results(keys)[0],
+                         self.strategy)
 
   def _device_blur(self, images):
     """augment.batch_random_blur with a stateless seed that differs for
@@ -392,7 +434,7 @@ class Trainer:
                                    '_in_multi_worker_mode', None)
     return bool(in_multi_worker_mode and in_multi_worker_mode())
 
-  def _make_train_loop(self):
+  def make_train_loop(self):
     """One tf.function running up to `num_steps` steps (a tensor: no
     retrace). It stops early, before the next step, after a non-finite step
     or when `stop_requested` is raised (a signal). With several workers the
@@ -400,9 +442,9 @@ class Trainer:
     would leave the others waiting in a collective."""
     # A nested tf.function around the replica step breaks MirroredStrategy's
     # merge calls inside the tf.range loop; only XLA needs one.
-    step_fn = (tf.function(self._replica_step, jit_compile=True)
-               if self.config.jit_compile else self._replica_step)
-    strategy = self.strategy
+    step_fn = (tf.function(self.replica_step, jit_compile=True)
+               if self.config.jit_compile else self.replica_step)
+    train_step = self.train_step
     nonfinite_step = self.nonfinite_step
     stop_requested = (None if self._multi_worker() else self.stop_requested)
 
@@ -415,7 +457,7 @@ class Trainer:
         if stop:
           break
         batches = [next(iterator) for iterator in iterators]
-        strategy.run(step_fn, args=tuple(batches))
+        train_step(batches, step_fn)
 
     return train_loop
 
@@ -553,7 +595,7 @@ class Trainer:
       datasets.append(self._distributed_dataset(self.labeled_input,
                                                 skip_steps))
     iterators = [iter(dataset) for dataset in datasets]
-    train_loop = self._make_train_loop()
+    train_loop = self.make_train_loop()
     writer = (tf.summary.create_file_writer(config.model_dir)
               if self.is_chief else tf.summary.create_noop_writer())
 
@@ -634,8 +676,9 @@ class Trainer:
     seconds = time.time() - started
     eta = (self.total_steps - step) * seconds / max(done, 1)
     shown = ' '.join(f'{name}={results[name]:.4g}' for name in (
-        'total_loss', 'contrast_acc', 'supervised_acc', 'distill_loss',
-        'teacher_agreement', 'learning_rate') if name in results)
+        'total_loss', 'contrast_acc', 'memory_fill', 'supervised_acc',
+        'distill_loss', 'teacher_agreement', 'learning_rate')
+        if name in results)
     logging.info('step %d/%d %s images/s=%.1f eta=%s', step, self.total_steps,
                  shown, results['images_per_sec'],
                  time.strftime('%H:%M:%S', time.gmtime(eta)))
