@@ -67,11 +67,15 @@ NUM_CLASSES = 10
 # Label fractions of the 60 000 training images: 6, 60 and 600 per class.
 FRACTIONS = (0.001, 0.01, 0.1)
 ARMS = ('supervised', 'simclr', 'self_distill', 'distill_small')
+# With --memory_size: the same pretrain + finetune with the memory of
+# negatives, at the plain pretraining's compute budget.
+MEMORY_ARM = 'simclr_memory'
 ARM_TITLES = {
     'supervised': 'Supervised from scratch (labeled subset only)',
     'simclr': 'SimCLRv2 pretrain + finetune (teacher)',
     'self_distill': 'SimCLRv2 self-distilled student (final model)',
     'distill_small': 'SimCLRv2 distilled into a half-width student',
+    MEMORY_ARM: 'SimCLRv2 with the memory of negatives, pretrain + finetune',
 }
 PRETRAIN_TAGS = ('train/contrast_loss', 'train/contrast_acc')
 TEST_SPLIT = 'test'
@@ -150,6 +154,17 @@ class Plan:
   logreg_cs: tuple = (0.1, 1.0)
   eval_steps: int = 0  # 0: whole splits.
   knn_bank_size: int = 60_000
+  # The memory arm (0: not run): buffer size, momentum, and the measured
+  # cost of its step relative to the plain step (the benchmark's ratio);
+  # its pretraining gets pretrain_epochs / memory_step_cost epochs, the
+  # plain pretraining's wall-clock budget.
+  memory_size: int = 0
+  memory_momentum: float = 0.99
+  memory_step_cost: float = 1.0
+
+  @property
+  def arms(self):
+    return ARMS + ((MEMORY_ARM,) if self.memory_size else ())
 
   @property
   def pool_size(self):
@@ -168,6 +183,9 @@ class Plan:
     steps = {
         'pretrain': steps_for(self.pretrain_epochs, self.pool_size,
                               self.pretrain_batch),
+        'pretrain_memory': steps_for(
+            self.pretrain_epochs / self.memory_step_cost, self.pool_size,
+            self.pretrain_batch),
         'linear_probe': steps_for(self.linear_epochs, self.pool_size,
                                   self.linear_batch),
         'distill': steps_for(self.distill_epochs, self.pool_size,
@@ -183,13 +201,17 @@ class Plan:
     """{stage kind: number of training runs} of the whole protocol."""
     seeds = sum(len(s) for s in self.label_seeds.values())
     swept = len(self.sweep_fractions)
+    finetunes = swept * (len(self.finetune_learning_rates) - 1) + seeds
+    memory = 1 if self.memory_size else 0
     return {
         'pretrain': 1, 'linear_probe': 1,
         'supervised': swept * (len(self.supervised_learning_rates) - 1) +
                       seeds,
-        'finetune': swept * (len(self.finetune_learning_rates) - 1) + seeds,
+        'finetune': finetunes,
         'self_distill': seeds + len(self.student_inits) - 1,
-        'distill_small': seeds}
+        'distill_small': seeds,
+        'pretrain_memory': memory, 'linear_probe_memory': memory,
+        'finetune_memory': memory * finetunes}
 
   def candidates(self, fraction, rates):
     """How many learning rates are tried at `fraction`."""
@@ -236,6 +258,11 @@ def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
       'test_evaluations': TEST_EVAL_S * (2 + 4 * sum(seeds.values())),
       'raw_pixel_anchors': ANCHORS_S,
   }
+  if plan.memory_size:
+    # The plain pretraining's budget again, its linear probe and finetunes.
+    estimate['memory_arm'] = (
+        estimate['pretrain'] + estimate['linear_probe'] + estimate['finetune']
+        + TEST_EVAL_S * (2 + sum(seeds.values())))
   estimate['total'] = sum(estimate.values())
   return estimate
 
@@ -283,8 +310,11 @@ def _duration(steps):
           f'--steps_per_loop={max(1, min(100, steps // 20))}']
 
 
-def pretrain_flags(plan, model_dir):
-  return common_flags(plan, plan.width) + _duration(plan.steps()['pretrain']) + [
+def pretrain_flags(plan, model_dir, memory=False):
+  memory_flags = [f'--memory_size={plan.memory_size}',
+                  f'--memory_momentum={plan.memory_momentum}'] if memory else []
+  steps = plan.steps()['pretrain_memory' if memory else 'pretrain']
+  return common_flags(plan, plan.width) + _duration(steps) + memory_flags + [
       '--train_mode=pretrain', f'--model_dir={model_dir}',
       f'--train_batch_size={plan.pretrain_batch}', '--optimizer=lars',
       f'--learning_rate={plan.pretrain_learning_rate}',
@@ -412,6 +442,7 @@ class Stages:
       with open(record_path) as f:
         record = json.load(f)
       self.echo(f'[{name}] done before ({record["seconds"]:.0f} s), reused')
+      record['reused'] = True
     else:
       os.makedirs(model_dir, exist_ok=True)
       self.echo(f'[{name}] run.py {shlex.join(flags)}')
@@ -455,6 +486,8 @@ class Stages:
     out = {}
     for name, record in self.records.items():
       entry = {'seconds': round(record['seconds'], 1)}
+      if record.get('reused'):
+        entry['reused'] = True  # Done by an earlier run in the same work_dir.
       train = record.get('train') or {}
       if train.get('images_per_sec') and train.get('global_step'):
         entry['train_images_per_sec'] = round(train['images_per_sec'], 1)
@@ -548,8 +581,9 @@ def best_of(scores):
 
 def run_protocol(plan, stages, echo=print):
   """Runs every stage; returns the results dict (without outputs/metadata)."""
-  top_1 = {arm: {} for arm in ARMS}
-  seeds_top_1 = {arm: {} for arm in ARMS}
+  arms = plan.arms
+  top_1 = {arm: {} for arm in arms}
+  seeds_top_1 = {arm: {} for arm in arms}
   choices, encoder, agreement = {}, {}, {}
 
   # Pretraining, its kNN and linear probe.
@@ -565,10 +599,25 @@ def run_protocol(plan, stages, echo=print):
   stages.run('linear_probe', linear)
   encoder['linear_probe_top_1'] = stages.test('linear_probe', linear)[
       'label_top_1_accuracy']
-  anchors = raw_pixel_anchors(plan, echo)
-  stages.records['raw_pixel_anchors'] = {'seconds': anchors.pop('seconds'),
-                                         'result': {}}
+  anchors = cached_raw_pixel_anchors(plan, stages, echo)
   encoder.update(anchors)
+  memory_dir = None
+  if plan.memory_size:
+    # The same pretraining with the memory of negatives, for the plain
+    # one's budget; its kNN and linear probe as above.
+    memory_dir = stages.model_dir('pretrain_memory')
+    memory_flags = pretrain_flags(plan, memory_dir, memory=True)
+    validation = stages.run('pretrain_memory', memory_flags)['result']
+    encoder['memory_validation_knn_top_1'] = validation['knn_top_1']
+    test = stages.test('pretrain_memory', memory_flags)
+    encoder['memory_knn_top_1'] = test['knn_top_1']
+    encoder['memory_pretrain_linear_head_top_1'] = test['label_top_1_accuracy']
+    linear = linear_probe_flags(plan, stages.model_dir('linear_probe_memory'),
+                                memory_dir)
+    encoder['memory_validation_linear_probe_top_1'] = stages.validation_top_1(
+        'linear_probe_memory', linear)
+    encoder['memory_linear_probe_top_1'] = stages.test(
+        'linear_probe_memory', linear)['label_top_1_accuracy']
 
   student_init = None
   for fraction in FRACTIONS:
@@ -577,10 +626,15 @@ def run_protocol(plan, stages, echo=print):
     teachers = {}
     # The supervised baseline and finetuning: the learning rate of each on
     # the validation split at label seed 0, the same number of candidates.
-    for arm, rates, checkpoint in (
+    few_label_arms = [
         ('supervised', plan.supervised_learning_rates, 'scratch'),
-        ('simclr', plan.finetune_learning_rates, pretrain_dir)):
-      prefix = 'supervised' if arm == 'supervised' else 'finetune'
+        ('simclr', plan.finetune_learning_rates, pretrain_dir)]
+    if memory_dir:
+      few_label_arms.append((MEMORY_ARM, plan.finetune_learning_rates,
+                             memory_dir))
+    for arm, rates, checkpoint in few_label_arms:
+      prefix = {'supervised': 'supervised', 'simclr': 'finetune',
+                MEMORY_ARM: 'finetune_memory'}[arm]
       choice_key = f'{arm}_learning_rate@{key}'
       if fraction not in plan.sweep_fractions:
         swept = [k for k in choices if k.startswith(f'{arm}_learning_rate@')
@@ -630,12 +684,31 @@ def run_protocol(plan, stages, echo=print):
         agreement.setdefault(arm, {}).setdefault(key, []).append(
             result.get('teacher_agreement'))
       seeds_top_1[arm][key] = per_seed
-    for arm in ARMS:
+    for arm in arms:
       top_1[arm][key] = sum(seeds_top_1[arm][key]) / len(seeds_top_1[arm][key])
     echo(f'== {fraction:.1%} labels, test top-1: ' + ', '.join(
-        f'{arm} {top_1[arm][key]:.4f}' for arm in ARMS))
-  return {'top_1': top_1, 'top_1_seeds': seeds_top_1, 'encoder': encoder,
-          'validation_choices': choices, 'teacher_agreement': agreement}
+        f'{arm} {top_1[arm][key]:.4f}' for arm in arms))
+  return {'arms': list(arms), 'top_1': top_1, 'top_1_seeds': seeds_top_1,
+          'encoder': encoder, 'validation_choices': choices,
+          'teacher_agreement': agreement}
+
+
+def cached_raw_pixel_anchors(plan, stages, echo=print):
+  """raw_pixel_anchors, computed once per work_dir (raw_pixel_anchors.json)."""
+  path = os.path.join(stages.work_dir, 'raw_pixel_anchors.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      anchors = json.load(f)
+    echo(f'[raw pixels] done before ({anchors["seconds"]:.0f} s), reused')
+    reused = True
+  else:
+    anchors = raw_pixel_anchors(plan, echo)
+    with open(path, 'w') as f:
+      json.dump(anchors, f, indent=1, sort_keys=True)
+    reused = False
+  stages.records['raw_pixel_anchors'] = {'seconds': anchors['seconds'],
+                                         'result': {}, 'reused': reused}
+  return {key: value for key, value in anchors.items() if key != 'seconds'}
 
 
 def _choose_student_init(plan, stages, key, seed, teacher, pretrain_dir,
@@ -736,10 +809,12 @@ def markdown_table(results):
       f'seed{"s" if len(seeds["supervised"].get(f, [])) != 1 else ""})'
       for f in fractions) + ' |'
   lines = [head, '|---|' + '---:|' * len(fractions)]
-  for arm in ARMS:
+  arms = results.get('arms', ARMS)
+  for arm in arms:
     lines.append(f'| {ARM_TITLES[arm]} | ' + ' | '.join(
         _cell(seeds.get(arm, {}).get(f)) for f in fractions) + ' |')
-  for arm in ('simclr', 'self_distill'):
+  for arm in ('simclr', 'self_distill') + (
+      (MEMORY_ARM,) if MEMORY_ARM in arms else ()):
     gains = []
     for f in fractions:
       a, b = mean.get(arm, {}).get(f), mean.get('supervised', {}).get(f)
@@ -757,7 +832,10 @@ def markdown_table(results):
         ('knn_top_1', 'kNN (k 200, cosine, final_avg_pool)'),
         ('linear_probe_top_1', 'linear probe (fine_tune_after_block=4)'),
         ('raw_pixel_knn_top_1', 'raw pixels: the same kNN'),
-        ('raw_pixel_logreg_top_1', 'raw pixels: logistic regression')):
+        ('raw_pixel_logreg_top_1', 'raw pixels: logistic regression'),
+        ('memory_knn_top_1', 'with the memory of negatives: kNN'),
+        ('memory_linear_probe_top_1',
+         'with the memory of negatives: linear probe')):
       if encoder.get(key) is not None:
         text.append(f'| {title} | {100 * encoder[key]:.2f} |')
     text.append('')
@@ -772,7 +850,8 @@ def markdown_table(results):
   text += ['| stage | wall time (s) | training images/s |', '|---|---:|---:|']
   for name, entry in results['wall_time_s'].items():
     rate = entry.get('train_images_per_sec')
-    text.append(f'| {name} | {entry["seconds"]:.0f} | '
+    text.append(f'| {name}{" (reused)" if entry.get("reused") else ""} | '
+                f'{entry["seconds"]:.0f} | '
                 f'{"" if rate is None else f"{rate:.0f}"} |')
   text.append(f'| **total** | {results["total_wall_time_s"]:.0f} | |')
   machine = results.get('machine', {})
@@ -791,7 +870,7 @@ def plot_accuracy(results, path):
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
   figure, axis = plt.subplots(figsize=(6.4, 4.4))
   fractions = results['fractions']
-  for arm, marker in zip(ARMS, 'osD^'):
+  for arm, marker in zip(results.get('arms', ARMS), 'osD^v'):
     xs, ys, low, high = [], [], [], []
     for f in fractions:
       values = [v for v in results['top_1_seeds'].get(arm, {}).get(f) or []
@@ -884,6 +963,14 @@ def parse_args(argv):
                       'process (slower: start-up per stage)')
   parser.add_argument('--plan_only', action='store_true',
                       help='print the step counts and time estimate, run nothing')
+  parser.add_argument('--memory_size', type=int, default=0,
+                      help='also run the simclr_memory arm with this buffer '
+                      'size (0: not run)')
+  parser.add_argument('--memory_momentum', type=float, default=0.99)
+  parser.add_argument('--memory_step_cost', type=float, default=1.0,
+                      help='the memory step\'s time over the plain step\'s '
+                      '(python -m tf_simclr.benchmark --variant=memory_size=K): '
+                      'the memory pretraining gets 1/this of the epochs')
   return parser.parse_args(argv)
 
 
@@ -891,6 +978,10 @@ def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
   plan = make_plan(args.scale, args.quick)
+  if args.memory_size:
+    plan = dataclasses.replace(plan, memory_size=args.memory_size,
+                               memory_momentum=args.memory_momentum,
+                               memory_step_cost=args.memory_step_cost)
   estimate = estimate_seconds(plan)
   print('steps:', json.dumps(plan.steps()))
   print('runs:', json.dumps(plan.runs()))

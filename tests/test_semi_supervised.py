@@ -3,6 +3,7 @@ from the labeled, unlabeled and test images), label seeds, the raw-pixel
 anchors against NumPy, stage flags, choices, tables and plots; one
 end-to-end --quick run (slow)."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -190,6 +191,30 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
     assert '--eval_split=test' in test and '--mode=eval' in test
     assert '--eval_name=test' in test
     assert not any(f.startswith('--eval_split=train') for f in test)
+
+
+def test_memory_arm_gets_the_plain_pretraining_budget():
+  """--memory_size adds the simclr_memory arm: its pretraining has the
+  memory flags and pretrain_epochs / memory_step_cost epochs, and as many
+  finetuning runs (learning-rate candidates included) as the plain arm."""
+  plain = semi.make_plan()
+  assert semi.MEMORY_ARM not in plain.arms
+  assert plain.runs()['finetune_memory'] == 0
+  assert 'memory_arm' not in semi.estimate_seconds(plain)
+  plan = dataclasses.replace(plain, memory_size=16384, memory_momentum=0.99,
+                             memory_step_cost=1.25)
+  assert plan.arms[-1] == semi.MEMORY_ARM
+  steps = plan.steps()
+  assert steps['pretrain_memory'] == semi.steps_for(
+      plain.pretrain_epochs / 1.25, plain.pool_size, plain.pretrain_batch)
+  assert steps['pretrain_memory'] < steps['pretrain']
+  flags = semi.pretrain_flags(plan, '/m', memory=True)
+  assert '--memory_size=16384' in flags and '--memory_momentum=0.99' in flags
+  assert f'--train_steps={steps["pretrain_memory"]}' in flags
+  assert not any('memory' in f for f in semi.pretrain_flags(plan, '/m'))
+  assert plan.runs()['finetune_memory'] == plan.runs()['finetune']
+  estimate = semi.estimate_seconds(plan)
+  assert estimate['memory_arm'] > estimate['pretrain']
 
 
 def test_best_of_takes_the_highest_validation_score_first_on_ties():

@@ -89,26 +89,44 @@ def contrastive_loss(hidden, hidden_norm=True, temperature=0.1, strategy=None,
   logits_ab = tf.matmul(hidden_a, hidden_b_large, transpose_b=True) / temperature
   logits_ba = tf.matmul(hidden_b, hidden_a_large, transpose_b=True) / temperature
 
-  candidates_a = [logits_ab, logits_aa]
-  candidates_b = [logits_ba, logits_bb]
-  loss_labels = labels
-  if memory is not None:
-    negatives, filled = memory
-    negatives = tf.stop_gradient(tf.cast(negatives, tf.float32))
-    # 0 for filled rows, LARGE_NUM for empty ones (float32 whatever the
-    # model's dtype, so the mask never overflows).
-    empty = tf.cast(tf.range(tf.shape(negatives)[0]) >= filled, tf.float32)
-    candidates_a.append(tf.matmul(hidden_a, negatives, transpose_b=True) /
-                        temperature - empty * LARGE_NUM)
-    candidates_b.append(tf.matmul(hidden_b, negatives, transpose_b=True) /
-                        temperature - empty * LARGE_NUM)
-    loss_labels = tf.pad(labels, [[0, 0], [0, tf.shape(negatives)[0]]])
-  loss_a = tf.nn.softmax_cross_entropy_with_logits(
-      loss_labels, tf.concat(candidates_a, axis=1))
-  loss_b = tf.nn.softmax_cross_entropy_with_logits(
-      loss_labels, tf.concat(candidates_b, axis=1))
+  if memory is None:
+    loss_a = tf.nn.softmax_cross_entropy_with_logits(
+        labels, tf.concat([logits_ab, logits_aa], axis=1))
+    loss_b = tf.nn.softmax_cross_entropy_with_logits(
+        labels, tf.concat([logits_ba, logits_bb], axis=1))
+  else:
+    loss_a = _cross_entropy_with_memory(
+        labels, tf.concat([logits_ab, logits_aa], axis=1), hidden_a,
+        memory, temperature)
+    loss_b = _cross_entropy_with_memory(
+        labels, tf.concat([logits_ba, logits_bb], axis=1), hidden_b,
+        memory, temperature)
   loss = tf.reduce_mean(loss_a) + tf.reduce_mean(loss_b)
   return loss, logits_ab, labels
+
+
+def _cross_entropy_with_memory(labels, logits, anchors, memory, temperature):
+  """Per-anchor cross-entropy over the in-batch candidates `logits` [n, 2N]
+  (one-hot `labels`) and the memory's rows.
+
+  The memory has K >> 2N rows, so its [n, K] block is never concatenated
+  with the in-batch logits nor given dense labels (the positive is always
+  in the batch): the loss is logaddexp(lse(in-batch), lse(memory)) − the
+  positive's logit. The empty rows' −LARGE_NUM rides in the matmul as one
+  more coordinate (1 for the anchors), so masking costs no pass over the
+  block either.
+  """
+  negatives, filled = memory
+  negatives = tf.stop_gradient(tf.cast(negatives, tf.float32))
+  empty = tf.cast(tf.range(tf.shape(negatives)[0]) >= filled, tf.float32)
+  negatives = tf.concat([negatives, -LARGE_NUM * empty[:, None]], axis=1)
+  anchors = tf.concat([anchors / temperature,
+                       tf.ones_like(anchors[:, :1])], axis=1)
+  memory_logits = tf.matmul(anchors, negatives, transpose_b=True)
+  log_normaliser = tf.reduce_logsumexp(tf.stack([
+      tf.reduce_logsumexp(logits, axis=1),
+      tf.reduce_logsumexp(memory_logits, axis=1)], axis=1), axis=1)
+  return log_normaliser - tf.reduce_sum(labels * logits, axis=1)
 
 
 def contrastive_metrics(logits_ab, labels):
