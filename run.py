@@ -142,6 +142,9 @@ def main(argv):
     # loads: a mistake is reported in about a second.
     config = config_from_flags()
     _config_module().check_paths(config)
+    if config.mode != 'eval':
+      from tf_simclr import lock  # pylint: disable=g-import-not-at-top
+      lock.check_free(config.model_dir)  # Another run trains into it?
   # Imported here so `--help` and flag errors answer without loading TF.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top

@@ -239,7 +239,7 @@ def export_from_model_dir(model_dir, export_dir, *, checkpoint=None,
     ).assert_existing_objects_matched()
   except (AssertionError, ValueError) as error:
     raise ExportError(f'checkpoint {prefix} does not match the architecture '
-                      f'in config.json: {str(error).splitlines()[0]}') from None
+                      f'in config.json: {config_lib.first_line(error)}') from None
   return export_model(
       model, export_dir, image_size=image_size,
       step=_checkpoint_step(prefix) if step is None else step,

@@ -31,6 +31,7 @@ import tf_keras
 from tf_simclr import augment
 from tf_simclr import model as model_lib
 from tf_simclr import reference
+from tf_simclr import stages
 
 FLOAT_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
 IMAGE_BYTES = tf.TensorSpec([None], tf.string, name='image_bytes')
@@ -211,7 +212,7 @@ def serving_model(network, all_outputs, *, step, image_size, train_mode,
                      f'{num_classes} classes')
   names = (tf.constant([str(name) for name in class_names])
            if class_names and num_classes else None)
-  with_features = train_mode == 'pretrain' or not num_classes
+  with_features = stages.STAGES[train_mode].serves_features or not num_classes
   top_k = min(TOP_K, num_classes)
 
   @tf.function(input_signature=[tf.TensorSpec(

@@ -418,3 +418,39 @@ def test_relative_model_dir_resumes_and_is_a_checkpoint(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert re.search(r'Starting from the weights of runs/pretrain/ckpt-6',
                    result.stderr), result.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- one run per model_dir
+def test_second_training_of_a_model_dir_in_use_exits_2_naming_the_first(
+    tmp_path):
+  """While a run trains into model_dir, a second training run exits 2 with
+  one line naming the first process, and writes nothing there; evaluating
+  it stays allowed. The first killed (SIGKILL: its lock is not released by
+  any code of ours), the same command takes the model_dir over and
+  resumes."""
+  model_dir = str(tmp_path / 'model')
+  flags = TINY + ['--train_steps=100000', '--checkpoint_steps=2',
+                  '--steps_per_loop=1']
+  first = start_run_py(flags, model_dir, faults='print_steps=1')
+  try:
+    wait_for_line(first, r'FAULT_RUN step 3\b')  # ckpt-2 is written.
+    second = run_py(flags, model_dir)
+    assert second.returncode == 2, second.stderr[-3000:]
+    lines = error_lines(second.stderr)
+    assert len(lines) == 1, second.stderr[-3000:]
+    assert f'process {first.pid} on ' in lines[0] and 'in use' in lines[0]
+    assert 'Traceback' not in second.stderr
+    evaluation = run_py(flags + ['--mode=eval'], model_dir)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert os.path.exists(os.path.join(model_dir, 'result.json'))
+  finally:
+    first.kill()
+    finish(first)
+  step = checkpoint_step = int(state(model_dir)[0].split('-')[1])
+  assert step >= 2
+  third = start_run_py(flags, model_dir)
+  try:
+    wait_for_line(third, rf'pretrain: resumed at step {checkpoint_step} ')
+  finally:
+    third.kill()
+    finish(third)

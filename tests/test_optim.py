@@ -210,12 +210,18 @@ def test_learning_rate_scaling():
 
 
 # ---------------------------------------------------------------- durations
-@pytest.mark.parametrize('epochs, examples, batch', [
-    (10, 50000, 512), (0.5, 1281167, 4096), (100, 1281167, 4096), (0, 10, 3),
-    (3, 1000, 1000)])
-def test_steps_from_epochs_matches_reference(epochs, examples, batch):
-  assert optim.steps_from_epochs(epochs, examples, batch) == int(
-      round(epochs * examples // batch))
+@pytest.mark.parametrize('epochs, examples, batch, expected', [
+    (10, 50000, 512, 976),        # 500 000 / 512 = 976.6: whole steps only.
+    (0.5, 1281167, 4096, 156),    # 640 583.5 / 4096 = 156.4.
+    (100, 1281167, 4096, 31278),  # 128 116 700 / 4096 = 31 278.5.
+    (0, 10, 3, 0),
+    (3, 1000, 1000, 3),
+    (1, 55000, 256, 214),         # The protocol's warm-up: 214.8.
+])
+def test_steps_from_epochs_hand_worked(epochs, examples, batch, expected):
+  """The reference's warm-up rule, int(round(epochs * examples // batch)):
+  the floor of the exact quotient (hand-worked values)."""
+  assert optim.steps_from_epochs(epochs, examples, batch) == expected
 
 
 @pytest.mark.parametrize('train_steps, epochs, examples, batch, expected', [

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import tf_simclr
 from tf_simclr import config as config_lib
+from tf_simclr import distribute
 from tf_simclr import model as model_lib
 from tf_simclr import optim
 from tf_simclr import teacher as teacher_lib
@@ -201,8 +202,69 @@ def test_finetune_from_scratch_is_the_supervised_baseline(tmp_path):
   assert trainer.num_train_examples == 100  # 10 % of 1024, class-balanced.
 
 
+def _log_softmax(x):
+  x = x - x.max(axis=1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def test_distill_with_labels_trains_on_the_combined_loss(tmp_path,
+                                                         monkeypatch):
+  """--distill_alpha=0.6: the trainer's step loss (total minus weight decay)
+  is 0.6 · distillation on the unlabeled rows + 0.4 · cross-entropy on the
+  labeled rows, by NumPy from the student's logits of the same batch."""
+  monkeypatch.setattr(teacher_lib, 'load_teacher',
+                      lambda path, num_classes=None: _BrightestChannelTeacher())
+  config = _config(tmp_path, 'distill_labels', train_mode='distill',
+                   teacher_checkpoint='fixed', distill_alpha=0.6,
+                   distill_temperature=2.0, label_fraction=0.5)
+  trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy())
+  assert trainer.labeled_input is not None
+  assert 'supervised_loss' in trainer.metrics
+  rng = np.random.default_rng(5)
+  unlabeled = rng.uniform(size=(6, 32, 32, 3)).astype(np.float32)
+  labeled = rng.uniform(size=(4, 32, 32, 3)).astype(np.float32)
+  labels = np.array([1, 0, 2, 9], np.int32)
+  student = trainer.model(tf.constant(np.concatenate([unlabeled, labeled])),
+                          training=True)[model_lib.LOGITS_SUP].numpy()
+  student = student.astype(np.float64)
+  teacher = 8.0 * np.eye(10)[unlabeled.mean(axis=(1, 2)).argmax(-1)]
+  tau = 2.0
+  distill = -np.mean(np.sum(np.exp(_log_softmax(teacher / tau)) *
+                            _log_softmax(student[:6] / tau), axis=1))
+  cross_entropy = -np.mean(_log_softmax(student[6:])[np.arange(4), labels])
+  tf.function(lambda: trainer.strategy.run(trainer.replica_step, args=(
+      (tf.constant(unlabeled), tf.zeros([6], tf.int32)),
+      (tf.constant(labeled), tf.constant(labels)))))()
+  result = {name: float(metric.result())
+            for name, metric in trainer.metrics.items()}
+  np.testing.assert_allclose(result['distill_loss'], distill, rtol=1e-5)
+  np.testing.assert_allclose(result['supervised_loss'], cross_entropy,
+                             rtol=1e-5)
+  np.testing.assert_allclose(
+      result['total_loss'] - result['weight_decay'],
+      0.6 * distill + 0.4 * cross_entropy, rtol=1e-5)
+
+
+@pytest.mark.parametrize('placement, image_size, on_accelerator, expected', [
+    ('auto', 48, False, False),  # On a CPU, auto keeps the blur in the pipeline.
+    ('auto', 48, True, True),    # On a GPU/TPU, in the training step.
+    ('auto', 32, True, False),   # No blur at <= 32 px (the CIFAR variant).
+    ('input', 48, True, False),
+    ('device', 48, False, True),
+    ('device', 32, False, False),
+])
+def test_blurs_in_training_step(placement, image_size, on_accelerator,
+                                expected):
+  assert trainer_lib.blurs_in_training_step(
+      'pretrain', True, image_size, placement, on_accelerator) == expected
+  assert not trainer_lib.blurs_in_training_step(
+      'pretrain', False, image_size, placement, on_accelerator)
+  assert not trainer_lib.blurs_in_training_step(
+      'finetune', True, image_size, placement, on_accelerator)
+
+
 @pytest.mark.parametrize('placement, image_size, expected', [
-    ('auto', 48, False),     # On a CPU, auto keeps the blur in the pipeline.
+    ('auto', 48, None),      # Whatever this machine is: see below.
     ('input', 48, False),
     ('device', 48, True),
     ('device', 32, False),   # No blur at <= 32 px (the CIFAR variant).
@@ -211,6 +273,8 @@ def test_blur_placement(tmp_path, placement, image_size, expected):
   config = _config(tmp_path, 'pretrain', image_size=image_size,
                    blur_placement=placement)
   trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy())
+  if expected is None:  # auto: the step blurs on a GPU/TPU only.
+    expected = distribute.runs_on_accelerator(trainer.strategy)
   assert trainer.blur_on_device == expected
   # The pipeline blurs exactly when the step does not.
   assert trainer.train_input.use_blur == (not expected)

@@ -43,6 +43,8 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from tf_simclr import stages  # pylint: disable=g-import-not-at-top (TF-free)
+
 FLAGS = flags.FLAGS
 
 # ---------------------------------------------------------------- flags
@@ -69,7 +71,7 @@ flags.DEFINE_integer('fine_tune_after_block', -1, 'Finetune the layers after thi
 flags.DEFINE_integer('num_classes', 0, 'Classes of the supervised head (0: from --dataset).')
 flags.DEFINE_integer('memory_size', 0, 'Pretraining: SimCLRv2\'s memory of negatives (run.py\'s flag; 0: off). Time it against plain SimCLR with --variant=memory_size=K.')
 flags.DEFINE_float('memory_momentum', 0.999, 'Moving-average momentum of the memory network.')
-flags.DEFINE_string('train_mode', 'pretrain', 'pretrain, finetune or distill (the teacher is a randomly initialised model of the same architecture).')
+flags.DEFINE_enum('train_mode', 'pretrain', list(stages.STAGES), 'pretrain, finetune or distill (the teacher is a randomly initialised model of the same architecture).')
 flags.DEFINE_integer('train_batch_size', 64, 'Global batch size (images; pretraining sees two views of each).')
 flags.DEFINE_string('precision', 'float32', 'float32, bfloat16 or float16.')
 flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.')
@@ -408,7 +410,7 @@ def run_benchmark():
         setting = lambda name: overrides.get(name, FLAGS[name].value)  # pylint: disable=cell-var-from-loop
         run_dir = os.path.join(model_dir, f'run{index}')
         teacher_dir = None
-        if FLAGS.train_mode == 'distill':
+        if stages.STAGES[FLAGS.train_mode].needs_teacher:
           teacher_dir = os.path.join(run_dir, 'teacher')
           write_random_teacher(make_config(run_dir, 'unused', overrides),
                                teacher_dir)
@@ -425,7 +427,7 @@ def run_benchmark():
     finally:
       shutil.rmtree(model_dir, ignore_errors=True)
     gflops = 2 * multiply_adds / 1e9
-    passes = 3 + (1 if FLAGS.train_mode == 'distill' else 0)
+    passes = 3 + (1 if stages.STAGES[FLAGS.train_mode].needs_teacher else 0)
 
     def rates(timing):
       images_per_sec = FLAGS.train_batch_size / (

@@ -24,10 +24,14 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tf_simclr import config as config_lib
+
 
 
 class CheckpointError(ValueError):
   """A checkpoint path that cannot be used; the message is one line."""
+
+
 
 
 def resolve_checkpoint(path):
@@ -165,9 +169,7 @@ def remove_partial_checkpoint(prefix):
       logging.warning('Could not remove %s: %s', path, _first_line(error))
 
 
-def _first_line(error):
-  text = str(error).strip() or type(error).__name__
-  return text.splitlines()[0]
+_first_line = config_lib.first_line
 
 
 def restore_initial_weights(model, path, include_supervised_head):

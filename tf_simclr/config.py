@@ -9,12 +9,13 @@ network without repeating flags.
 import dataclasses
 import json
 import os
+import re
 from typing import Optional
 
 from tf_simclr import stages
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
-TRAIN_MODES = ('pretrain', 'finetune', 'distill')
+TRAIN_MODES = tuple(stages.STAGES)
 MODES = ('train', 'eval', 'train_then_eval')
 OPTIMIZERS = ('lars', 'momentum', 'adam')
 LR_SCALINGS = ('linear', 'sqrt')
@@ -188,16 +189,18 @@ class Config:
          f'--ft_proj_selector must be in -1..{depth} (the projection head has '
          f'{depth} layers with --proj_head_mode={self.proj_head_mode} '
          f'--num_proj_layers={self.num_proj_layers}), got {self.ft_proj_selector}')
-    need(not (self.train_mode == 'pretrain' and self.fine_tune_after_block >= 0),
+    stage = stages.STAGES[self.train_mode]
+    need(not (stage.objective == 'contrastive' and
+              self.fine_tune_after_block >= 0),
          '--fine_tune_after_block freezes layers for finetuning; pretraining '
          'needs --fine_tune_after_block=-1')
-    need(not (self.train_mode == 'distill' and not self.teacher_checkpoint),
+    need(not (stage.needs_teacher and not self.teacher_checkpoint),
          '--train_mode=distill needs --teacher_checkpoint (a finetune model_dir '
          'or an exported SavedModel)')
     need(0 <= self.memory_momentum < 1,
          f'--memory_momentum must be in [0, 1), got {self.memory_momentum}')
     if self.memory_size:
-      need(stages.STAGES[self.train_mode].memory_negatives,
+      need(stage.memory_negatives,
            '--memory_size is the memory of negatives of the contrastive loss: '
            f'pretraining only (--train_mode={self.train_mode} needs '
            '--memory_size=0)')
@@ -262,9 +265,14 @@ def _read_text(path: str) -> str:
     return f.read()
 
 
-def _first_line(error: Exception) -> str:
-  text = str(error).strip() or type(error).__name__
-  return text.splitlines()[0]
+def first_line(error: Exception) -> str:
+  """The first line of an error's message, without TensorFlow's op
+  decorations ({{node ...}}, [Op:...]); the error's type when it has none.
+  Every one-line message of this project is built from it."""
+  text = getattr(error, 'message', None) or str(error)
+  text = text.strip().splitlines()[0] if text.strip() else ''
+  text = re.sub(r'\{\{[^}]*\}\}|\[Op:.*$', '', text)
+  return text.strip() or type(error).__name__
 
 
 def write_architecture(model_dir: str, architecture: dict, extra: dict = None):
@@ -288,7 +296,7 @@ def read_architecture(model_dir: str) -> Optional[dict]:
   try:
     return json.loads(_read_text(path))
   except (OSError, ValueError) as error:
-    raise ConfigError(f'cannot read {path}: {_first_line(error)}') from error
+    raise ConfigError(f'cannot read {path}: {first_line(error)}') from error
 
 
 # ---------------------------------------------------------------- preflight
@@ -368,7 +376,7 @@ def check_model_dir_writable(model_dir: str):
       os.remove(probe)
   except Exception as error:  # pylint: disable=broad-except
     raise ConfigError(f'--model_dir {model_dir} is not writable: '
-                      f'{_first_line(error)}') from error
+                      f'{first_line(error)}') from error
 
 
 def check_paths(config: 'Config'):
@@ -401,11 +409,12 @@ def check_paths(config: 'Config'):
         raise ConfigError(
             f'--checkpoint {config.checkpoint} holds a model with ' +
             ', '.join(differences) + '; use the flags it was trained with')
-  if config.train_mode == 'distill' and not _checkpoint_exists(
+  stage = stages.STAGES[config.train_mode]
+  if stage.needs_teacher and not _checkpoint_exists(
       config.teacher_checkpoint):
     raise ConfigError(f'--teacher_checkpoint {config.teacher_checkpoint} does '
                       'not exist')
-  if (config.train_mode == 'finetune' and config.mode != 'eval' and
+  if (stage.needs_initial_weights and config.mode != 'eval' and
       not config.checkpoint and not resumes):
     raise ConfigError(
         '--train_mode=finetune needs --checkpoint (a pretrain model_dir or '

@@ -27,7 +27,6 @@ imagenet2012 with fractions 0.01 / 0.1 the paper's lists are used instead
 import dataclasses
 import gzip
 import os
-import re
 from typing import Optional
 
 from absl import logging
@@ -36,6 +35,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tf_simclr import augment
+from tf_simclr import config as config_lib
 
 SYNTHETIC = 'synthetic'
 IMAGE_FOLDER = 'image_folder'
@@ -105,12 +105,7 @@ class InputConfig:
 
 
 # ---------------------------------------------------------------- helpers
-def _first_line(error: Exception) -> str:
-  """The first line of an error message, without TF's op decorations."""
-  text = getattr(error, 'message', None) or str(error)
-  text = re.sub(r'\{\{[^}]*\}\}|\[Op:.*$', '', text.strip().splitlines()[0]
-                if text.strip() else '')
-  return text.strip() or type(error).__name__
+_first_line = config_lib.first_line
 
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:

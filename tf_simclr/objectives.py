@@ -172,9 +172,21 @@ def distillation_loss(student_logits, teacher_logits, temperature=1.0):
 def combined_distillation_loss(student_logits, teacher_logits, temperature,
                                alpha, labeled_logits=None, labels=None):
   """(1 − α) · CE(labels) + α · distillation; the CE term only when α < 1."""
-  loss = alpha * distillation_loss(student_logits, teacher_logits, temperature)
+  return combined_distillation_terms(student_logits, teacher_logits,
+                                     temperature, alpha, labeled_logits,
+                                     labels)[0]
+
+
+def combined_distillation_terms(student_logits, teacher_logits, temperature,
+                                alpha, labeled_logits=None, labels=None):
+  """combined_distillation_loss and its terms: (loss, {'distill_loss': …,
+  'supervised_loss': … (α < 1 only)}), what the distill stage trains on."""
+  distill = distillation_loss(student_logits, teacher_logits, temperature)
+  loss = alpha * distill
+  terms = {'distill_loss': distill}
   if alpha < 1:
     if labeled_logits is None or labels is None:
       raise ValueError('distill_alpha < 1 needs labeled logits and labels')
-    loss += (1 - alpha) * supervised_loss(labels, labeled_logits)
-  return loss
+    terms['supervised_loss'] = supervised_loss(labels, labeled_logits)
+    loss += (1 - alpha) * terms['supervised_loss']
+  return loss, terms

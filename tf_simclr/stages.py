@@ -31,6 +31,10 @@ class Stage:
       accuracy (label-free training: the representation is what it learns).
     memory_negatives: accepts --memory_size (SimCLRv2's memory of negatives,
       memory.py): its objective contrasts.
+    needs_teacher: trains against --teacher_checkpoint's predictions on
+      --unlabeled_split (and, with --distill_alpha < 1, the labeled batch).
+    serves_features: its serving export returns the encoder's features
+      (no supervised head is the product of the stage).
   """
   name: str
   views: int
@@ -42,6 +46,8 @@ class Stage:
   freezes_blocks: bool
   knn_monitor: bool = False
   memory_negatives: bool = False
+  needs_teacher: bool = False
+  serves_features: bool = False
 
 
 STAGES = {
@@ -49,7 +55,7 @@ STAGES = {
                       objective='contrastive', supervised_training=False,
                       train_subset='all', needs_initial_weights=False,
                       freezes_blocks=False, knn_monitor=True,
-                      memory_negatives=True),
+                      memory_negatives=True, serves_features=True),
     'finetune': Stage('finetune', views=1, augmentation='finetune',
                       objective='supervised', supervised_training=True,
                       train_subset='labeled', needs_initial_weights=True,
@@ -57,5 +63,5 @@ STAGES = {
     'distill': Stage('distill', views=1, augmentation='finetune',
                      objective='distill', supervised_training=True,
                      train_subset='all', needs_initial_weights=False,
-                     freezes_blocks=False),
+                     freezes_blocks=False, needs_teacher=True),
 }

@@ -24,6 +24,7 @@ Reliability (tests/test_faults.py shows each):
   one (without it, the resumed run draws a fresh shuffle).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -43,6 +44,7 @@ from tf_simclr import config as config_lib
 from tf_simclr import data
 from tf_simclr import distribute
 from tf_simclr import knn
+from tf_simclr import lock as lock_lib
 from tf_simclr import memory as memory_lib
 from tf_simclr import model as model_lib
 from tf_simclr import objectives
@@ -105,17 +107,14 @@ def _distill_objective(trainer, outputs, labels, extra):
   teacher_logits = extra['teacher_logits']
   num_unlabeled = tf.shape(teacher_logits)[0]
   student_logits = logits[:num_unlabeled]
-  distill = objectives.distillation_loss(student_logits, teacher_logits,
-                                         config.distill_temperature)
-  loss = config.distill_alpha * distill
-  logs = {'distill_loss': distill,
-          'teacher_agreement': _accuracy(tf.argmax(teacher_logits, -1),
-                                         student_logits)}
-  if config.distill_alpha < 1:
-    labeled_logits = logits[num_unlabeled:]
-    supervised = objectives.supervised_loss(labels, labeled_logits)
-    loss += (1 - config.distill_alpha) * supervised
-    logs['supervised_loss'] = supervised
+  labeled_logits = logits[num_unlabeled:] if config.distill_alpha < 1 else None
+  loss, logs = objectives.combined_distillation_terms(
+      student_logits, teacher_logits, config.distill_temperature,
+      config.distill_alpha, labeled_logits=labeled_logits,
+      labels=labels if labeled_logits is not None else None)
+  logs['teacher_agreement'] = _accuracy(tf.argmax(teacher_logits, -1),
+                                        student_logits)
+  if labeled_logits is not None:
     logs['supervised_acc'] = _accuracy(labels, labeled_logits)
   return loss, logs
 
@@ -194,11 +193,11 @@ class Trainer:
         is_training=True)
     if self.blur_on_device:
       self.train_input = self._replace_input(self.train_input, use_blur=False)
-    if config.train_mode == 'distill' and config.unlabeled_split:
+    if self.stage.needs_teacher and config.unlabeled_split:
       self.train_input = self._replace_input(
           self.train_input, split=config.unlabeled_split, subset='all')
     self.labeled_input = None
-    if config.train_mode == 'distill' and config.distill_alpha < 1:
+    if self.stage.needs_teacher and config.distill_alpha < 1:
       self.labeled_input = self._input_config(
           split=config.train_split, augmentation='finetune',
           batch_size=config.train_batch_size, subset='labeled',
@@ -257,7 +256,7 @@ class Trainer:
           -1, dtype=tf.int64, trainable=False,
           synchronization=tf.VariableSynchronization.ON_WRITE,
           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-      if config.train_mode == 'distill':
+      if self.stage.needs_teacher:
         self.teacher = teacher_lib.load_teacher(config.teacher_checkpoint,
                                                 self.num_classes)
     # Raised by the main thread on SIGTERM/SIGINT; read before every step.
@@ -557,8 +556,7 @@ class Trainer:
     except (tf.errors.OpError, OSError) as error:
       prefix = os.path.join(self.manager.directory, f'ckpt-{step}')
       checkpoints.remove_partial_checkpoint(prefix)
-      message = str(error).strip().splitlines()[0] if str(error).strip() else (
-          type(error).__name__)
+      message = config_lib.first_line(error)
       raise TrainingError(
           f'could not write the checkpoint of step {step} to '
           f'{self.manager.directory}: {message}; earlier checkpoints are '
@@ -571,11 +569,16 @@ class Trainer:
     """Trains to `total_steps`, checkpointing; returns the last metrics."""
     self._stop_signal = None
     self.stop_requested.assign(False)
-    previous_handlers = self._install_signal_handlers()
-    try:
-      return self._train()
-    finally:
-      self._restore_signal_handlers(previous_handlers)
+    # One training process per model_dir (the chief's; other workers write
+    # throw-away checkpoints elsewhere).
+    lock = (lock_lib.ModelDirLock(self.config.model_dir) if self.is_chief
+            else contextlib.nullcontext())
+    with lock:
+      previous_handlers = self._install_signal_handlers()
+      try:
+        return self._train()
+      finally:
+        self._restore_signal_handlers(previous_handlers)
 
   def _train(self):
     config = self.config
