@@ -438,6 +438,8 @@ class Stages:
     'train': the training summary (images_per_sec ...)}."""
     model_dir = _flag_value(flags, 'model_dir')
     record_path = os.path.join(model_dir, f'stage_{result_name}.json')
+    if name in self.records:  # Run (or reused) earlier in this invocation.
+      return self.records[name]
     if os.path.exists(record_path):
       with open(record_path) as f:
         record = json.load(f)

@@ -51,6 +51,7 @@ def resnet18_cifar_multiply_adds(image_size, width, proj_out_dim=128,
   return total + channels * num_classes
 
 
+@pytest.mark.slow
 def test_cli_prints_table_then_json_with_sane_values():
   lines, summary = run_benchmark('--variant=feed=dataset')
   assert len(lines) > 3 and 'train baseline' in '\n'.join(lines)

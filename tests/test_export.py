@@ -363,6 +363,7 @@ def _fake_version(export_dir, relative):
     f.write('old')
 
 
+@pytest.mark.slow
 def test_cli_exports_a_model_dir(trained_model, tmp_path):
   """A model_dir as run.py leaves it (config.json, checkpoint) exported by
   `python -m export` in a new process; the exports match the Keras model."""

@@ -306,6 +306,7 @@ def test_restore_falls_back_past_damaged_checkpoints(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------- NaN, disk
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_step_without_saving(tmp_path):
   model_dir = str(tmp_path / 'model')
   flags = TINY + ['--train_steps=8', '--checkpoint_steps=2',
@@ -325,6 +326,7 @@ def test_nan_loss_stops_naming_the_step_without_saving(tmp_path):
     assert all(np.all(np.isfinite(v)) for v in tensors.values())
 
 
+@pytest.mark.slow
 def test_disk_full_at_save_keeps_earlier_checkpoints(tmp_path):
   model_dir = str(tmp_path / 'model')
   flags = TINY + ['--train_steps=6', '--checkpoint_steps=3',
@@ -391,6 +393,7 @@ def test_huge_learning_rate_never_writes_a_nonfinite_checkpoint(tmp_path):
       assert all(np.all(np.isfinite(v)) for v in tensors.values())
 
 
+@pytest.mark.slow
 def test_relative_model_dir_resumes_and_is_a_checkpoint(tmp_path):
   """--model_dir and --checkpoint relative to the working directory (as in
   scripts/pipeline.sh): the same command resumes, and the directory can be

@@ -380,6 +380,7 @@ def test_run_logs_memory_fill_and_checkpoints_the_memory(memory_run):
   assert not np.array_equal(tensors[memory_key], tensors[trained_key])
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_the_memory_it_saved(tmp_path, memory_run):
   """SIGKILL while ckpt-6 is written; the same command resumes from ckpt-3
   with its buffer and memory network, and ends (--deterministic) with the
@@ -434,6 +435,11 @@ def test_memory_checkpoint_finetunes_from_the_trained_network(tmp_path,
          '.ATTRIBUTES/VARIABLE_VALUE')
   assert tuple(kernel.shape) == tensors[key].shape
   np.testing.assert_array_equal(kernel.numpy(), tensors[key])
+
+
+@pytest.mark.slow
+def test_run_py_finetunes_a_memory_checkpoint(tmp_path, memory_run):
+  reference_dir, _ = memory_run
   result = faults.run_py(
       [f for f in faults.TINY if f != '--train_mode=pretrain'] +
       ['--train_mode=finetune', f'--checkpoint={reference_dir}',

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,6 +104,7 @@ def assert_same_values(chief_values, worker_values):
                                atol=1e-7, err_msg=name)
 
 
+@pytest.mark.slow
 def test_two_workers_end_with_identical_weights_and_only_chief_saves(tmp_path):
   workers = launch_workers(tmp_path)
   wait_for(workers, timeout=240)

@@ -169,6 +169,7 @@ for depth, path in enumerate(result['hub']):
 """
 
 
+@pytest.mark.slow
 def test_hub_modules_fine_tune_with_an_odd_last_batch(tmp_path):
   """Every exported depth of a width-1/16 model, fine-tuned with
   hub.KerasLayer(trainable=True) + model.fit on 89 images at batch 32 (last

@@ -65,8 +65,9 @@ def float32_step(tmp_path_factory):
 @pytest.mark.parametrize('overrides, loss_tolerance', [
     (dict(jit_compile=True), 1e-4),
     (dict(precision='bfloat16'), 3e-2),
-    (dict(precision='float16'), 5e-3),
-    (dict(precision='bfloat16', jit_compile=True), 3e-2),
+    pytest.param(dict(precision='float16'), 5e-3, marks=pytest.mark.slow),
+    pytest.param(dict(precision='bfloat16', jit_compile=True), 3e-2,
+                 marks=pytest.mark.slow),
 ])
 def test_variant_step_matches_float32(tmp_path, float32_step, overrides,
                                       loss_tolerance):
@@ -94,6 +95,7 @@ def test_variant_step_matches_float32(tmp_path, float32_step, overrides,
                                                 rel=0.05)
 
 
+@pytest.mark.slow
 def test_float16_scales_the_loss_and_unscales_the_gradients(tmp_path):
   trainer = _trainer(tmp_path, 'float16', precision='float16')
   assert isinstance(trainer.optimizer,

@@ -418,6 +418,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------- export
+@pytest.mark.slow
 def test_loaded_fixture_exported_and_reloaded_gives_the_reference_outputs(
     tmp_path):
   """A reference checkpoint, loaded, exported (hub modules and serving

@@ -231,8 +231,29 @@ def test_a_stage_done_before_is_reused_not_rerun(tmp_path):
             'result': {'label_top_1_accuracy': 0.5, 'eval_split': 'v'}}
   (model_dir / 'stage_result.json').write_text(json.dumps(record))
   got = stages.run('x', [f'--model_dir={model_dir}', '--bogus_flag=1'])
-  assert got == record
-  assert stages.timings() == {'x': {'seconds': 12.5}}
+  assert got == dict(record, reused=True)
+  assert stages.timings() == {'x': {'seconds': 12.5, 'reused': True}}
+
+
+def test_a_stage_run_twice_in_one_invocation_is_not_marked_reused(
+    tmp_path, monkeypatch):
+  """The learning-rate sweep's seed-0 run is asked for again by the seed
+  loop: it is the record of this invocation, not a reuse of an earlier one."""
+  calls = []
+
+  def fake_run_py(flags):
+    calls.append(flags)
+    model_dir = semi._flag_value(flags, 'model_dir')  # pylint: disable=protected-access
+    with open(os.path.join(model_dir, 'result.json'), 'w') as f:
+      json.dump({'label_top_1_accuracy': 0.5, 'eval_split': 'v'}, f)
+    return {'train': {}}
+  monkeypatch.setattr(semi, '_run_py_in_process', fake_run_py)
+  stages = semi.Stages(str(tmp_path), echo=lambda *_: None)
+  flags = [f'--model_dir={tmp_path / "y"}']
+  first = stages.run('y', flags)
+  second = stages.run('y', flags)
+  assert len(calls) == 1 and second is first
+  assert 'reused' not in stages.timings()['y']
 
 
 def test_a_failed_stage_raises_stage_failed(tmp_path):
