@@ -590,17 +590,7 @@ def run_protocol(plan, stages, echo=print):
 
   # Pretraining, its kNN and linear probe.
   pretrain_dir = stages.model_dir('pretrain')
-  pretrain = pretrain_flags(plan, pretrain_dir)
-  validation = stages.run('pretrain', pretrain)['result']
-  encoder['validation_knn_top_1'] = validation['knn_top_1']
-  test = stages.test('pretrain', pretrain)
-  encoder['knn_top_1'] = test['knn_top_1']
-  encoder['pretrain_linear_head_top_1'] = test['label_top_1_accuracy']
-  linear = linear_probe_flags(plan, stages.model_dir('linear_probe'),
-                              pretrain_dir)
-  stages.run('linear_probe', linear)
-  encoder['linear_probe_top_1'] = stages.test('linear_probe', linear)[
-      'label_top_1_accuracy']
+  encoder.update(measure_pretraining(plan, stages, 'pretrain', 'linear_probe'))
   anchors = cached_raw_pixel_anchors(plan, stages, echo)
   encoder.update(anchors)
   memory_dir = None
@@ -608,18 +598,10 @@ def run_protocol(plan, stages, echo=print):
     # The same pretraining with the memory of negatives, for the plain
     # one's budget; its kNN and linear probe as above.
     memory_dir = stages.model_dir('pretrain_memory')
-    memory_flags = pretrain_flags(plan, memory_dir, memory=True)
-    validation = stages.run('pretrain_memory', memory_flags)['result']
-    encoder['memory_validation_knn_top_1'] = validation['knn_top_1']
-    test = stages.test('pretrain_memory', memory_flags)
-    encoder['memory_knn_top_1'] = test['knn_top_1']
-    encoder['memory_pretrain_linear_head_top_1'] = test['label_top_1_accuracy']
-    linear = linear_probe_flags(plan, stages.model_dir('linear_probe_memory'),
-                                memory_dir)
-    encoder['memory_validation_linear_probe_top_1'] = stages.validation_top_1(
-        'linear_probe_memory', linear)
-    encoder['memory_linear_probe_top_1'] = stages.test(
-        'linear_probe_memory', linear)['label_top_1_accuracy']
+    encoder.update({f'memory_{key}': value for key, value in
+                    measure_pretraining(plan, stages, 'pretrain_memory',
+                                        'linear_probe_memory',
+                                        memory=True).items()})
 
   student_init = None
   for fraction in FRACTIONS:
@@ -693,6 +675,26 @@ def run_protocol(plan, stages, echo=print):
   return {'arms': list(arms), 'top_1': top_1, 'top_1_seeds': seeds_top_1,
           'encoder': encoder, 'validation_choices': choices,
           'teacher_agreement': agreement}
+
+
+def measure_pretraining(plan, stages, name, probe_name, memory=False):
+  """Runs a pretraining and its linear probe; returns the encoder's kNN
+  (validation and test), the pretraining's linear head and the probe's
+  top-1 (validation and test)."""
+  model_dir = stages.model_dir(name)
+  flags = pretrain_flags(plan, model_dir, memory=memory)
+  validation = stages.run(name, flags)['result']
+  test = stages.test(name, flags)
+  probe = linear_probe_flags(plan, stages.model_dir(probe_name), model_dir)
+  return {
+      'validation_knn_top_1': validation['knn_top_1'],
+      'knn_top_1': test['knn_top_1'],
+      'pretrain_linear_head_top_1': test['label_top_1_accuracy'],
+      'validation_linear_probe_top_1': stages.validation_top_1(probe_name,
+                                                               probe),
+      'linear_probe_top_1': stages.test(probe_name, probe)[
+          'label_top_1_accuracy'],
+  }
 
 
 def cached_raw_pixel_anchors(plan, stages, echo=print):

@@ -27,11 +27,8 @@ import tensorflow as tf
 from tf_simclr import config as config_lib
 
 
-
 class CheckpointError(ValueError):
   """A checkpoint path that cannot be used; the message is one line."""
-
-
 
 
 def resolve_checkpoint(path):
@@ -96,7 +93,7 @@ def find_problem(prefix):
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
   except (tf.errors.OpError, ValueError) as error:
-    return f'its index cannot be read ({_first_line(error)})'
+    return f'its index cannot be read ({config_lib.first_line(error)})'
   data_files = tf.io.gfile.glob(prefix + '.data-*-of-*')
   if not data_files:
     return 'its data file is missing'
@@ -143,7 +140,7 @@ def restore_latest(checkpoint, model_dir):
                           prefix)
         return prefix
       except (tf.errors.OpError, ValueError) as error:
-        problem = f'restoring it failed ({_first_line(error)})'
+        problem = f'restoring it failed ({config_lib.first_line(error)})'
     logging.warning('Cannot resume from checkpoint %s: %s; trying the '
                     'previous one.', prefix, problem)
     problems.append(f'{os.path.basename(prefix)}: {problem}')
@@ -166,10 +163,8 @@ def remove_partial_checkpoint(prefix):
       elif tf.io.gfile.exists(path):
         tf.io.gfile.remove(path)
     except (tf.errors.OpError, OSError) as error:
-      logging.warning('Could not remove %s: %s', path, _first_line(error))
-
-
-_first_line = config_lib.first_line
+      logging.warning('Could not remove %s: %s', path,
+                      config_lib.first_line(error))
 
 
 def restore_initial_weights(model, path, include_supervised_head):

@@ -105,7 +105,6 @@ class InputConfig:
 
 
 # ---------------------------------------------------------------- helpers
-_first_line = config_lib.first_line
 
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -294,7 +293,7 @@ class _FolderSource:
           _decode_file(tf.constant(path))
           reason = 'cannot be decoded'
         except (tf.errors.OpError, ValueError) as error:
-          reason = _first_line(error)
+          reason = config_lib.first_line(error)
         raise DataError(f'cannot read image {path}: {reason} ({len(bad)} bad '
                         'image(s) in this split; fix or remove them, or skip '
                         'them with skip_bad_images)')
