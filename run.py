@@ -193,9 +193,7 @@ def _user_errors():
   from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
   from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
   from tf_simclr import data  # pylint: disable=g-import-not-at-top
-  from tf_simclr import reference  # pylint: disable=g-import-not-at-top
-  return (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError,
-          reference.ReferenceCheckpointError)
+  return (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError)
 
 
 def run(argv):

@@ -44,6 +44,7 @@ def main(argv=None):
 
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tf_simclr import checkpoints  # pylint: disable=import-outside-toplevel
   from tf_simclr import build_model  # pylint: disable=import-outside-toplevel
   from tf_simclr import data  # pylint: disable=import-outside-toplevel
   from tf_simclr import memory as memory_lib  # pylint: disable=import-outside-toplevel
@@ -59,7 +60,7 @@ def main(argv=None):
   network = build_model(0, **kwargs)
   memory = memory_lib.NegativeMemory(model, network, args.memory_size, 0.99,
                                      args.image_size)
-  prefix = tf.train.latest_checkpoint(args.model_dir)
+  prefix = checkpoints.resolve_checkpoint(args.model_dir)
   tf.train.Checkpoint(model=model, memory=memory).read(prefix).expect_partial()
   views_input = data.InputConfig(
       dataset=args.dataset, image_size=args.image_size, split=args.split,

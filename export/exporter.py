@@ -26,6 +26,7 @@ import uuid
 import tensorflow as tf
 
 from export import modules
+from tf_simclr import architecture as architecture_lib
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import model as model_lib
@@ -146,7 +147,7 @@ def export_model(model, export_dir, *, image_size, step, train_mode,
   step = int(step)
   if step < 0:
     raise ExportError(f'step must be >= 0, got {step}')
-  depth = model._projection_head.depth  # pylint: disable=protected-access
+  depth = model.projection_head.depth
   version_dir = os.path.join(export_dir, SAVED_MODEL_DIR, str(step))
   hub_dirs = [hub_module_dir(export_dir, k) for k in range(depth + 1)]
   result = {'step': step, 'saved_model': version_dir, 'hub': hub_dirs,
@@ -195,15 +196,6 @@ def export_model(model, export_dir, *, image_size, step, train_mode,
   return result
 
 
-def _checkpoint_step(prefix):
-  reader = tf.train.load_checkpoint(prefix)
-  key = 'global_step/.ATTRIBUTES/VARIABLE_VALUE'
-  if reader.has_tensor(key):
-    return int(reader.get_tensor(key))
-  suffix = prefix.rsplit('-', 1)[-1]
-  return int(suffix) if suffix.isdigit() else 0
-
-
 def export_from_model_dir(model_dir, export_dir, *, checkpoint=None,
                           image_size=None, step=None, train_mode=None,
                           class_names=None, keep_max=1, overwrite=False):
@@ -224,16 +216,13 @@ def export_from_model_dir(model_dir, export_dir, *, checkpoint=None,
     prefix = checkpoints.resolve_checkpoint(checkpoint or model_dir)
   except checkpoints.CheckpointError as error:
     raise ExportError(str(error)) from None
-  kwargs = {name: architecture[name] for name in config_lib.MODEL_FIELDS
-            if name in architecture}
-  num_classes = kwargs.pop('num_classes', 0) or 0
-  saved_keys = [name for name, _ in tf.train.list_variables(prefix)]
-  if not any(key.startswith('model/supervised_head/') for key in saved_keys):
-    num_classes = 0  # Pretrained without a linear-evaluation head.
-  image_size = image_size or kwargs.get('image_size')
-  if not image_size:
+  if 'image_size' not in architecture and not image_size:
     raise ExportError(f'config.json in {model_dir} has no image_size')
-  model = model_lib.build_model(num_classes, **kwargs, global_bn=False)
+  record = architecture_lib.ModelConfig.from_dict(architecture)
+  if not checkpoints.has_supervised_head(prefix):
+    record = record.replace(num_classes=0)  # Pretrained without linear eval.
+  image_size = image_size or record.image_size
+  model = model_lib.build_model(record, global_bn=False)
   try:
     tf.train.Checkpoint(model=model).read(prefix).expect_partial(
     ).assert_existing_objects_matched()
@@ -242,7 +231,7 @@ def export_from_model_dir(model_dir, export_dir, *, checkpoint=None,
                       f'in config.json: {config_lib.first_line(error)}') from None
   return export_model(
       model, export_dir, image_size=image_size,
-      step=_checkpoint_step(prefix) if step is None else step,
+      step=checkpoints.global_step_of(prefix) if step is None else step,
       train_mode=train_mode or architecture.get('train_mode', 'pretrain'),
       class_names=(class_names if class_names is not None
                    else architecture.get('class_names')),

@@ -46,27 +46,6 @@ def hub_output_key(depth):
 
 
 # ---------------------------------------------------------------- the network
-def _architecture(model):
-  """build_model keyword arguments that rebuild `model`'s architecture."""
-  backbone = model.resnet_model
-  head = model._projection_head  # pylint: disable=protected-access
-  batch_norms = [layer for layer in model.submodules
-                 if isinstance(layer, tf_keras.layers.BatchNormalization)]
-  return dict(
-      num_classes=(model.supervised_head.num_classes
-                   if model.has_supervised_head else 0),
-      resnet_depth=backbone.resnet_depth,
-      width_multiplier=backbone.width_multiplier,
-      cifar_stem=backbone.cifar_stem,
-      sk_ratio=backbone.sk_ratio,
-      se_ratio=backbone.se_ratio,
-      proj_head_mode=head.proj_head_mode,
-      num_proj_layers=head.num_proj_layers,
-      proj_out_dim=head.proj_out_dim,
-      ft_proj_selector=model.ft_proj_selector,
-      batch_norm_decay=batch_norms[0].momentum if batch_norms else 0.9)
-
-
 def _local_value(variable):
   """The value of a (possibly distributed) variable, read on this worker only.
 
@@ -99,9 +78,10 @@ def inference_copy(model, image_size):
   policy = tf_keras.mixed_precision.global_policy()
   tf_keras.mixed_precision.set_global_policy('float32')
   try:
-    copy = model_lib.build_model(**_architecture(model), image_size=image_size,
-                                 global_bn=False, fine_tune_after_block=-1,
-                                 supervised_training=False, build=True)
+    copy = model_lib.build_model(
+        model.model_config.replace(image_size=image_size),
+        cifar_stem=model.resnet_model.cifar_stem, global_bn=False,
+        fine_tune_after_block=-1, supervised_training=False, build=True)
   finally:
     tf_keras.mixed_precision.set_global_policy(policy)
   source = reference.model_checkpoint_variables(model)
@@ -164,7 +144,7 @@ def hub_module(network, all_outputs, depth, *, step, image_size):
   """The TF-Hub reusable SavedModel object for projection-head depth `depth`."""
   key = hub_output_key(depth)
   backbone = network.resnet_model
-  head = network._projection_head  # pylint: disable=protected-access
+  head = network.projection_head
   obj = _Exported(network, all_outputs, step=step, image_size=image_size)
   obj.depth = tf.Variable(depth, dtype=tf.int32, trainable=False, name='depth')
   obj.trainable_variables = list(backbone.trainable_variables) + [

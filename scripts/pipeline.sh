@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up, then SimCLRv2 end to end on offline
 # Fashion-MNIST with a small ResNet-18 (1/8 width, 28 px) —
-#   pretrain (the 60k train images, no labels; kNN and linear-head monitors)
+#   pretrain (the 60k train images, no labels; the encoder's kNN accuracy as
+#      the monitor)
 #   -> finetune (10 % of the labels, from projection-head layer 1)
 #   -> distill (self-distillation on the train images, no labels; the student
 #      starts from the finetuned network's backbone and head, a new linear
@@ -18,7 +19,7 @@ OUT=${OUT:-runs/fashion_mnist}
 WIDTH=${WIDTH:-0.125}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-110}   # batch 256: 0.47 epochs
 FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-12}  # of the 6000 labeled images
-DISTILL_STEPS=${DISTILL_STEPS:-150}     # batch 128: 0.32 epochs
+DISTILL_STEPS=${DISTILL_STEPS:-120}     # batch 128: 0.26 epochs
 COMMON=(--dataset=fashion_mnist --image_size=28 --resnet_depth=18
         --width_multiplier="$WIDTH" --eval_split=test --eval_batch_size=1000
         --mode=train_then_eval --global_bn=false --keep_checkpoint_max=2
@@ -59,8 +60,11 @@ print(f"== {title}: {', '.join(parts)} at step {result['global_step']} "
 EOF
 }
 
-stage pretrain 'pretrain (no labels; kNN and linear head on frozen features)' \
-  --train_mode=pretrain --train_steps="$PRETRAIN_STEPS" \
+# No linear head on frozen features while pretraining: after half an epoch
+# it reads far below what the encoder gives (the kNN line) and its training
+# and evaluation pass cost seconds.
+stage pretrain 'pretrain (no labels; encoder kNN on the test split)' \
+  --train_mode=pretrain --lineareval_while_pretraining=false --train_steps="$PRETRAIN_STEPS" \
   --train_batch_size=256 --learning_rate=1.0 --weight_decay=1e-6 \
   --warmup_epochs=0.1 --temperature=0.2 --color_jitter_strength=0.5 \
   --use_blur=false --knn_bank_size=10000 --export=false

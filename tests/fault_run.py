@@ -71,14 +71,28 @@ def _patch_checkpoint_merge(faults):
 
 def _patch_objectives(faults):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tf_simclr import objectives  # pylint: disable=import-outside-toplevel
   from tf_simclr import trainer  # pylint: disable=import-outside-toplevel
   nan_at_step = int(faults.get('nan_at_step', 0))
   print_steps = faults.get('print_steps') == '1'
+  # The stage objectives are pure functions of the batch: the step number
+  # comes from the Trainer being built (its global step exists once it is
+  # set up; the objective is first traced before that, to name its metrics).
+  current = {}
+  original_init = trainer.Trainer.__init__
+
+  def init(self, *args, **kwargs):
+    current['trainer'] = self
+    original_init(self, *args, **kwargs)
+  trainer.Trainer.__init__ = init
 
   def wrap(objective):
-    def faulty(trainer_, outputs, labels, extra):
-      loss, logs = objective(trainer_, outputs, labels, extra)
-      step = trainer_.global_step + 1  # 1-based number of this step.
+    def faulty(outputs, labels, inputs, options):
+      loss, logs = objective(outputs, labels, inputs, options)
+      global_step = getattr(current.get('trainer'), 'global_step', None)
+      if global_step is None:
+        return loss, logs
+      step = global_step + 1  # 1-based number of this step.
       if nan_at_step:
         loss = loss * tf.where(tf.equal(step, nan_at_step),
                                tf.constant(float('nan')), 1.0)
@@ -87,8 +101,8 @@ def _patch_objectives(faults):
       return loss, logs
     return faulty
 
-  for name in list(trainer.OBJECTIVES):
-    trainer.OBJECTIVES[name] = wrap(trainer.OBJECTIVES[name])
+  for name in list(objectives.STAGE_OBJECTIVES):
+    objectives.STAGE_OBJECTIVES[name] = wrap(objectives.STAGE_OBJECTIVES[name])
 
 
 def main():

@@ -379,3 +379,74 @@ def test_moving_variance_is_the_uncorrected_batch_variance(synchronized):
   np.testing.assert_allclose(layer.moving_mean.numpy(), moving_mean, rtol=1e-5)
   np.testing.assert_allclose(layer.moving_variance.numpy(), moving_variance,
                              rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the architecture record
+@pytest.mark.parametrize('kwargs', [
+    dict(num_classes=10, resnet_depth=18, width_multiplier=0.125,
+         image_size=32, ft_proj_selector=1),
+    dict(num_classes=0, resnet_depth=50, width_multiplier=0.0625,
+         sk_ratio=0.0625, se_ratio=0.25, image_size=64, proj_head_mode='linear',
+         proj_out_dim=16, batch_norm_decay=0.99),
+])
+def test_get_config_from_config_round_trip(kwargs):
+  """A model rebuilt from its get_config has the same variables (names,
+  shapes, trainability) and, given the same weights, the same outputs; its
+  layers round-trip the same way."""
+  from tf_simclr import architecture  # pylint: disable=g-import-not-at-top
+  from tf_simclr import heads  # pylint: disable=g-import-not-at-top
+  from tf_simclr import model as model_lib  # pylint: disable=g-import-not-at-top
+  model = build_model(**kwargs, supervised_training=bool(kwargs['num_classes']),
+                      fine_tune_after_block=1)
+  config = model.get_config()
+  record = architecture.ModelConfig.from_dict(config['model_config'])
+  assert record == model.model_config
+  for name, value in kwargs.items():
+    assert getattr(record, name) == value
+  again = model_lib.SimCLRModel.from_config(config)
+  assert again.get_config() == config
+  from tf_simclr import reference  # pylint: disable=g-import-not-at-top
+
+  def describe(m):  # Checkpoint key -> (shape, trainable).
+    return {key: (v.shape.as_list(), v.trainable) for key, v in
+            reference.model_checkpoint_variables(m).items()}
+  assert describe(again) == describe(model)
+  again.set_weights(model.get_weights())
+  size = kwargs['image_size']
+  images = tf.random.stateless_uniform([2, size, size, 3], seed=(1, 2))
+  expected = model(images, training=False)
+  got = again(images, training=False)
+  assert expected.keys() == got.keys()
+  for key in expected:
+    np.testing.assert_array_equal(expected[key].numpy(), got[key].numpy())
+  # The layers: from_config of get_config gives the same configuration.
+  layers = [model.resnet_model, model.projection_head]
+  if model.has_supervised_head:
+    layers.append(model.supervised_head)
+  for layer in layers:
+    rebuilt = type(layer).from_config(layer.get_config())
+    assert rebuilt.get_config() == layer.get_config()
+  assert isinstance(layers[1], heads.ProjectionHead)
+
+
+def test_model_config_from_a_run_config_and_config_json(tmp_path):
+  """run.py's Config fills the record, config.json stores it, and reading it
+  back (with the extra keys config.json holds) gives the same record."""
+  from tf_simclr import architecture  # pylint: disable=g-import-not-at-top
+  from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.Config(
+      model_dir=str(tmp_path), dataset='synthetic', resnet_depth=34,
+      width_multiplier=0.25, image_size=48, num_proj_layers=2,
+      proj_out_dim=32, ft_proj_selector=2, num_classes=7).validate()
+  record = config.model_config()
+  assert record == architecture.ModelConfig(
+      resnet_depth=34, width_multiplier=0.25, image_size=48,
+      num_proj_layers=2, proj_out_dim=32, ft_proj_selector=2, num_classes=7)
+  assert not record.cifar_stem
+  config_lib.write_architecture(str(tmp_path), config.architecture(),
+                                {'train_mode': 'pretrain', 'class_names': []})
+  saved = config_lib.read_architecture(str(tmp_path))
+  assert architecture.ModelConfig.from_dict(saved) == record
+  model = build_model(record)
+  assert model.model_config == record
+  assert model.resnet_model.cifar_stem == record.cifar_stem

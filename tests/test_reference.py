@@ -19,6 +19,7 @@ import tf_keras
 from tensorflow.python.ops import resource_variable_ops
 
 from tf_simclr import build_model
+from tf_simclr import checkpoints
 from tf_simclr import config
 from tf_simclr import convert_reference
 from tf_simclr import reference
@@ -332,7 +333,7 @@ def test_training_checkpoint_with_optimizer_and_global_step(tmp_path):
 def test_directory_and_saved_model_paths(tmp_path):
   source = os.path.join(FIXTURES, CIFAR)
   # A directory with one *.index and no 'checkpoint' file.
-  assert (reference.resolve_checkpoint_prefix(source) ==
+  assert (checkpoints.resolve_checkpoint(source) ==
           fixture_prefix(CIFAR))
   # The layout of a released TF2 SavedModel.
   saved_model = tmp_path / 'saved_model'
@@ -354,16 +355,11 @@ def test_unbuilt_model_is_built_before_loading():
 
 
 def test_bad_paths_raise_a_clear_error(tmp_path):
+  model = build(CIFAR)
   with pytest.raises(reference.ReferenceCheckpointError, match='no checkpoint'):
-    reference.resolve_checkpoint_prefix(str(tmp_path / 'absent'))
+    reference.load_reference_checkpoint(model, str(tmp_path / 'absent'))
   with pytest.raises(reference.ReferenceCheckpointError, match='no checkpoint'):
-    reference.resolve_checkpoint_prefix(str(tmp_path))
-  for name in ('a', 'b'):
-    for suffix in ('.index', '.data-00000-of-00001'):
-      shutil.copy(os.path.join(FIXTURES, CIFAR, 'ckpt' + suffix),
-                  tmp_path / (name + suffix))
-  with pytest.raises(reference.ReferenceCheckpointError, match=r'several.*a, b'):
-    reference.resolve_checkpoint_prefix(str(tmp_path))
+    reference.describe_reference(str(tmp_path))
 
 
 # ---------------------------------------------------------------------- CLI

@@ -185,6 +185,15 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
   assert not any(f.startswith('--checkpoint=') for f in small)
   self_distill = semi.distill_flags(plan, '/m', '/t', plan.width, '/p')
   assert '--checkpoint=/p' in self_distill
+  # The self-distilled student's starts compared on validation.
+  assert [semi.student_init_checkpoint(init, '/p', '/t')
+          for init in ('pretrained', 'teacher', 'scratch')] == ['/p', '/t', None]
+  from_teacher = semi.distill_flags(
+      plan, '/m', '/t', plan.width,
+      semi.student_init_checkpoint('teacher', '/p', '/t'))
+  assert '--checkpoint=/t' in from_teacher and '--teacher_checkpoint=/t' in (
+      from_teacher)
+  assert '--zero_init_logits_layer' in from_teacher
   for flags in (finetune, supervised, small, self_distill):
     assert '--eval_split=test' not in flags
     test = semi.test_flags(flags)

@@ -22,38 +22,82 @@ import re
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from tf_simclr import config as config_lib
+from tf_simclr import files
+from tf_simclr import preemption
+
+# Keys of the object graph every checkpoint of this project (and of
+# google-research/simclr's tf2 code) has: model/..., global_step, optimizer.
+VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
+GLOBAL_STEP_KEY = 'global_step' + VALUE_SUFFIX
+SUPERVISED_HEAD_PREFIX = 'model/supervised_head/'
+# Where a SavedModel keeps its variables (a checkpoint prefix).
+SAVED_MODEL_VARIABLES = os.path.join('variables', 'variables')
+STATE_FILE = 'checkpoint'  # tf.train.CheckpointManager's list of checkpoints.
+
+
+def _tf():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  return tf
 
 
 class CheckpointError(ValueError):
   """A checkpoint path that cannot be used; the message is one line."""
 
 
-def resolve_checkpoint(path):
-  """Returns the checkpoint prefix behind `path`.
+def resolve_checkpoint(path, verify=True):
+  """The checkpoint prefix `path` designates: the one rule of every entry
+  (--checkpoint, --teacher_checkpoint, export, the converter, run.py's checks
+  before TensorFlow loads), tried in this order:
 
-  `path` may be a checkpoint prefix, a directory whose latest checkpoint is
-  used (a model_dir of this project), or a SavedModel directory (its
-  variables/variables is a checkpoint).
+  1. a checkpoint prefix (`path`.index exists);
+  2. a directory with a run's checkpoints (a `checkpoint` state file or
+     ckpt-N.index files): the newest, and with `verify` the newest that
+     verifies (find_problem; a skipped one is logged);
+  3. a SavedModel directory: its variables/variables;
+  4. a directory holding exactly one *.index (a released checkpoint's folder).
+
+  verify=False reads no checkpoint contents and, for local paths, imports no
+  TensorFlow. Raises CheckpointError (one line) when there is none.
   """
   if not path:
     raise CheckpointError('no checkpoint path given')
-  if tf.io.gfile.exists(path + '.index'):
+  path = os.fspath(path)
+  if files.exists(path + '.index'):
     return path
-  if tf.io.gfile.isdir(path):
-    latest = latest_checkpoint(path)
-    if latest:
-      return latest
-    saved_model_variables = os.path.join(path, 'variables', 'variables')
-    if tf.io.gfile.exists(saved_model_variables + '.index'):
-      return saved_model_variables
-    indexes = tf.io.gfile.glob(os.path.join(path, '*.index'))
-    if len(indexes) == 1:
-      return indexes[0][:-len('.index')]
-    raise CheckpointError(f'no checkpoint found in directory {path}')
-  raise CheckpointError(f'checkpoint {path} does not exist')
+  if not files.isdir(path):
+    raise CheckpointError(
+        f'no checkpoint at {path}: it does not exist (expected a checkpoint '
+        'prefix with a .index file, a model_dir or a SavedModel directory)')
+  recorded = recorded_checkpoints(path)
+  if recorded:
+    if not verify:
+      return recorded[0]
+    problems = []
+    for prefix in recorded:
+      problem = find_problem(prefix)
+      if problem is None:
+        return prefix
+      logging.warning('Skipping checkpoint %s: %s.', prefix, problem)
+      problems.append(f'{os.path.basename(prefix)}: {problem}')
+    raise CheckpointError(f'no usable checkpoint in {path} ('
+                          + '; '.join(problems) + ')')
+  saved_model = os.path.join(path, SAVED_MODEL_VARIABLES)
+  if files.exists(saved_model + '.index'):
+    return saved_model
+  indexes = files.glob(path, '*.index')
+  if len(indexes) == 1:
+    return indexes[0][:-len('.index')]
+  if not indexes:
+    raise CheckpointError(
+        f'no checkpoint in directory {path}: it has no "{STATE_FILE}" file, '
+        f'no *.index file and no {SAVED_MODEL_VARIABLES}.index')
+  names = ', '.join(os.path.basename(name)[:-len('.index')]
+                    for name in indexes)
+  raise CheckpointError(
+      f'directory {path} holds several checkpoints ({names}) and no '
+      f'"{STATE_FILE}" file naming the latest; pass the prefix of one')
 
 
 def checkpoint_number(prefix):
@@ -62,30 +106,67 @@ def checkpoint_number(prefix):
   return int(match.group(1)) if match else None
 
 
+def _state_file_paths(model_dir):
+  """The checkpoint paths a `checkpoint` state file lists (its text format:
+  model_checkpoint_path / all_model_checkpoint_paths lines), relative ones
+  joined to model_dir; None when there is no readable state file."""
+  state = os.path.join(model_dir, STATE_FILE)
+  if not files.exists(state) or files.isdir(state):
+    return None
+  try:
+    text = files.read_text(state)
+  except (OSError, UnicodeDecodeError):
+    return None
+  paths = []
+  for match in re.finditer(
+      r'^\s*(?:all_)?model_checkpoint_paths?\s*:\s*"((?:[^"\\]|\\.)*)"',
+      text, re.MULTILINE):
+    value = re.sub(r'\\(.)', r'\1', match.group(1))
+    is_absolute = os.path.isabs(value) or files.is_url(value)
+    paths.append(value if is_absolute else os.path.join(model_dir, value))
+  return paths
+
+
 def recorded_checkpoints(model_dir):
   """Prefixes of model_dir's checkpoints, newest first: those the state file
   records, or (state file missing) every ckpt-N.index present."""
-  if not model_dir or not tf.io.gfile.isdir(model_dir):
+  if not model_dir or not files.isdir(model_dir):
     return []
-  # get_checkpoint_state already puts model_dir in front of the relative
-  # paths of the state file (model_dir itself may be relative).
-  state = tf.train.get_checkpoint_state(model_dir)
-  if state is not None:
-    paths = list(state.all_model_checkpoint_paths)
-    if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
-      paths.append(state.model_checkpoint_path)
-  else:
-    paths = [name[:-len('.index')] for name in
-             tf.io.gfile.glob(os.path.join(model_dir, 'ckpt-*.index'))]
+  paths = _state_file_paths(model_dir)
+  if paths is None:
+    paths = [name[:-len('.index')]
+             for name in files.glob(model_dir, 'ckpt-*.index')]
   unique = list(dict.fromkeys(paths))
   return sorted(unique, key=lambda path: checkpoint_number(path) or -1,
                 reverse=True)
+
+
+def has_checkpoint(model_dir):
+  """True when a run in model_dir would resume rather than start (it has a
+  state file naming checkpoints, or ckpt-N.index files)."""
+  return bool(recorded_checkpoints(model_dir))
+
+
+def global_step_of(prefix):
+  """The global step a checkpoint recorded (its ckpt-N number, or 0, when it
+  holds none)."""
+  reader = _tf().train.load_checkpoint(prefix)
+  if reader.has_tensor(GLOBAL_STEP_KEY):
+    return int(reader.get_tensor(GLOBAL_STEP_KEY))
+  return checkpoint_number(prefix) or 0
+
+
+def has_supervised_head(prefix):
+  """True when the checkpoint holds a supervised (linear) head."""
+  return any(name.startswith(SUPERVISED_HEAD_PREFIX)
+             for name, _ in _tf().train.list_variables(prefix))
 
 
 def find_problem(prefix):
   """Why the checkpoint at `prefix` cannot be restored, or None when its index
   reads and its data shards are present and at least as long as the numeric
   tensors the index lists (a cheap check: CRCs are verified when read)."""
+  tf = _tf()
   if not tf.io.gfile.exists(prefix + '.index'):
     return 'its .index file is missing'
   try:
@@ -111,14 +192,14 @@ def find_problem(prefix):
 
 
 def latest_checkpoint(model_dir):
-  """The newest usable checkpoint of this run, or None (see find_problem;
-  a skipped one is logged as a warning)."""
-  for prefix in recorded_checkpoints(model_dir):
-    problem = find_problem(prefix)
-    if problem is None:
-      return prefix
-    logging.warning('Skipping checkpoint %s: %s.', prefix, problem)
-  return None
+  """The newest usable checkpoint of this run, or None (resolve_checkpoint's
+  rule 2: a skipped one is logged as a warning)."""
+  if not recorded_checkpoints(model_dir):
+    return None
+  try:
+    return resolve_checkpoint(model_dir)
+  except CheckpointError:
+    return None
 
 
 def restore_latest(checkpoint, model_dir):
@@ -129,6 +210,7 @@ def restore_latest(checkpoint, model_dir):
   Raises CheckpointError when it has checkpoints but none can be restored
   (rather than silently starting again over them).
   """
+  tf = _tf()
   problems = []
   for prefix in recorded_checkpoints(model_dir):
     problem = find_problem(prefix)
@@ -154,6 +236,7 @@ def restore_latest(checkpoint, model_dir):
 def remove_partial_checkpoint(prefix):
   """Deletes what a failed write of `prefix` may have left (its _temp shard
   directory, index and data files). Only for a prefix no state file names."""
+  tf = _tf()
   leftovers = ([prefix + '_temp'] + tf.io.gfile.glob(prefix + '.index') +
                tf.io.gfile.glob(prefix + '.data-*'))
   for path in leftovers:
@@ -178,3 +261,57 @@ def restore_initial_weights(model, path, include_supervised_head):
   reference.load_reference_checkpoint(
       model, prefix, skip_supervised_head=not include_supervised_head)
   return prefix
+
+
+class SafeSaver:
+  """Writes a run's checkpoints through `manager` (a CheckpointManager):
+  never rewrites an existing checkpoint in place, never writes non-finite
+  weights (`variables_fn()`: the model's and the optimizer's), and a failed write
+  removes its partial files and leaves earlier checkpoints as they were.
+  Both failures raise preemption.TrainingError."""
+
+  def __init__(self, manager, variables_fn):
+    self.manager = manager
+    self._variables_fn = variables_fn
+    self._last_saved_step = None
+    self._all_finite = None
+
+  def _weights_finite(self):
+    # Built at the first save: optimizer slots exist after the first step.
+    if self._all_finite is None:
+      tf = _tf()
+      floating = [v for v in self._variables_fn() if v.dtype.is_floating]
+
+      @tf.function
+      def all_finite():
+        return tf.reduce_all(tf.stack(
+            [tf.reduce_all(tf.math.is_finite(v)) for v in floating]))
+      self._all_finite = all_finite
+    return bool(self._all_finite())
+
+  def saved(self, step):
+    """Records that the checkpoint of `step` exists (a resumed run)."""
+    self._last_saved_step = step
+
+  def save(self, step):
+    """Writes the checkpoint of `step` unless it exists; returns its path."""
+    tf = _tf()
+    manager = self.manager
+    if self._last_saved_step == step:
+      return manager.latest_checkpoint
+    if not self._weights_finite():
+      raise preemption.TrainingError(
+          f'weights became NaN/Inf by step {step}; stopped without saving, '
+          f'last good checkpoint: {manager.latest_checkpoint or "none"}')
+    try:
+      path = manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as error:
+      remove_partial_checkpoint(os.path.join(manager.directory,
+                                             f'ckpt-{step}'))
+      raise preemption.TrainingError(
+          f'could not write the checkpoint of step {step} to '
+          f'{manager.directory}: {config_lib.first_line(error)}; earlier '
+          f'checkpoints are intact (latest: '
+          f'{manager.latest_checkpoint or "none"})') from error
+    self._last_saved_step = step
+    return path

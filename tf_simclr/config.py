@@ -12,6 +12,8 @@ import os
 import re
 from typing import Optional
 
+from tf_simclr import architecture as architecture_lib
+from tf_simclr import files
 from tf_simclr import stages
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
@@ -33,11 +35,9 @@ CONFIG_FILENAME = 'config.json'
 # baseline trained on the labeled subset only).
 SCRATCH_CHECKPOINT = 'scratch'
 
-# Fields that define the network; saved in model_dir and compared on restore.
-MODEL_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
-                'image_size', 'proj_head_mode', 'num_proj_layers',
-                'proj_out_dim', 'ft_proj_selector', 'batch_norm_decay',
-                'num_classes')
+# Fields that define the network (architecture.ModelConfig's); saved in
+# model_dir and compared on restore.
+MODEL_FIELDS = architecture_lib.FIELDS
 
 
 class ConfigError(ValueError):
@@ -45,8 +45,10 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass
-class Config:
-  """All settings of a run. Field names are run.py's flag names."""
+class Config(architecture_lib.ModelConfig):
+  """All settings of a run. Field names are run.py's flag names; the
+  architecture's (resnet_depth, width_multiplier, image_size, ...,
+  num_classes: 0 takes the dataset's) are architecture.ModelConfig's."""
   # Optimisation.
   learning_rate: float = 0.3
   learning_rate_scaling: str = 'linear'
@@ -54,7 +56,6 @@ class Config:
   weight_decay: float = 1e-6
   optimizer: str = 'lars'
   momentum: float = 0.9
-  batch_norm_decay: float = 0.9
   train_batch_size: int = 512
   train_epochs: int = 100
   train_steps: int = 0
@@ -79,7 +80,6 @@ class Config:
   data_dir: Optional[str] = None
   train_split: str = 'train'
   cache_dataset: bool = False
-  image_size: int = 224
   color_jitter_strength: float = 1.0
   color_jitter_version: str = 'simclrv2'
   use_blur: bool = True
@@ -104,17 +104,8 @@ class Config:
   hidden_norm: bool = True
   memory_size: int = 0
   memory_momentum: float = 0.999
-  # Architecture.
-  resnet_depth: int = 50
-  width_multiplier: float = 1.0
-  sk_ratio: float = 0.0
-  se_ratio: float = 0.0
-  proj_head_mode: str = 'nonlinear'
-  proj_out_dim: int = 128
-  num_proj_layers: int = 3
-  ft_proj_selector: int = 0
+  # Architecture: architecture.ModelConfig's fields, and
   global_bn: bool = True
-  num_classes: int = 0  # 0: taken from the dataset.
   # Hardware.
   strategy: str = 'default'
   use_tpu: bool = False
@@ -220,49 +211,20 @@ class Config:
     return {'none': 0, 'linear': 1, 'nonlinear': self.num_proj_layers}[
         self.proj_head_mode]
 
+  def model_config(self) -> architecture_lib.ModelConfig:
+    """The architecture record of this run's network."""
+    return architecture_lib.ModelConfig.of(self)
+
   def model_kwargs(self) -> dict:
     """Keyword arguments of tf_simclr.build_model for this config."""
-    kwargs = {name: getattr(self, name) for name in MODEL_FIELDS}
-    kwargs.pop('num_classes')
-    kwargs['global_bn'] = self.global_bn
-    return kwargs
+    return dict(self.model_config().build_kwargs(), global_bn=self.global_bn)
 
   def architecture(self) -> dict:
     """What is written to model_dir/config.json."""
-    return {name: getattr(self, name) for name in MODEL_FIELDS}
+    return self.model_config().to_dict()
 
   def replace(self, **changes) -> 'Config':
     return dataclasses.replace(self, **changes)
-
-
-# ---------------------------------------------------------------- files
-# Local paths are handled with os (no TensorFlow import: flag errors answer in
-# a second); URLs (gs://...) go through tf.io.gfile.
-def _is_url(path: str) -> bool:
-  return '://' in path
-
-
-def _exists(path: str) -> bool:
-  if _is_url(path):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    return tf.io.gfile.exists(path)
-  return os.path.exists(path)
-
-
-def _isdir(path: str) -> bool:
-  if _is_url(path):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    return tf.io.gfile.isdir(path)
-  return os.path.isdir(path)
-
-
-def _read_text(path: str) -> str:
-  if _is_url(path):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    with tf.io.gfile.GFile(path) as f:
-      return f.read()
-  with open(path) as f:
-    return f.read()
 
 
 def first_line(error: Exception) -> str:
@@ -291,17 +253,17 @@ def write_architecture(model_dir: str, architecture: dict, extra: dict = None):
 def read_architecture(model_dir: str) -> Optional[dict]:
   """Reads model_dir/config.json, or None when there is none."""
   path = os.path.join(model_dir, CONFIG_FILENAME)
-  if not _exists(path):
+  if not files.exists(path):
     return None
   try:
-    return json.loads(_read_text(path))
+    return json.loads(files.read_text(path))
   except (OSError, ValueError) as error:
     raise ConfigError(f'cannot read {path}: {first_line(error)}') from error
 
 
 # ---------------------------------------------------------------- preflight
 # Fields that decide the backbone's variables: a --checkpoint must match them.
-BACKBONE_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio')
+BACKBONE_FIELDS = architecture_lib.ModelConfig.BACKBONE_FIELDS
 
 
 def architecture_differences(saved: dict, wanted: dict, names) -> list:
@@ -330,27 +292,9 @@ def check_saved_architecture(model_dir: str, architecture: dict):
         ', '.join(differences) + '; use the same flags or another --model_dir')
 
 
-def has_checkpoint(model_dir: str) -> bool:
-  """True when model_dir has a checkpoint state file (TF's 'checkpoint')
-  or any ckpt-N.index: a run there would resume rather than start."""
-  if not model_dir or not _isdir(model_dir):
-    return False
-  if _exists(os.path.join(model_dir, 'checkpoint')):
-    return True
-  if _is_url(model_dir):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    return bool(tf.io.gfile.glob(os.path.join(model_dir, 'ckpt-*.index')))
-  return any(name.startswith('ckpt-') and name.endswith('.index')
-             for name in os.listdir(model_dir))
-
-
-def _checkpoint_exists(path: str) -> bool:
-  return _exists(path + '.index') or _isdir(path)
-
-
 def _checkpoint_architecture(path: str) -> Optional[dict]:
   """config.json of the model_dir a --checkpoint path belongs to, if any."""
-  directory = path if _isdir(path) else os.path.dirname(path)
+  directory = path if files.isdir(path) else os.path.dirname(path)
   if not directory:
     directory = '.'
   return read_architecture(directory)
@@ -361,7 +305,7 @@ def check_model_dir_writable(model_dir: str):
   ConfigError saying why when that fails (read-only, a file in the way, ...)."""
   probe = os.path.join(model_dir, f'.write_probe_{os.getpid()}')
   try:
-    if _is_url(model_dir):
+    if files.is_url(model_dir):
       import tensorflow as tf  # pylint: disable=import-outside-toplevel
       tf.io.gfile.makedirs(model_dir)
       with tf.io.gfile.GFile(probe, 'w') as f:
@@ -383,26 +327,40 @@ def check_paths(config: 'Config'):
   """The checks that read the file system, before any TensorFlow work:
   model_dir writable; --checkpoint and --teacher_checkpoint exist; the
   architecture saved in model_dir and next to --checkpoint matches the flags;
-  a stage or mode that needs weights has some. Raises ConfigError."""
+  a stage or mode that needs weights has some. Raises ConfigError.
+
+  Checkpoint paths are resolved by checkpoints.resolve_checkpoint, the rule
+  the trainer, the teacher and the exporter use (here without reading the
+  checkpoints' contents: their verification comes with TensorFlow)."""
+  from tf_simclr import checkpoints  # pylint: disable=import-outside-toplevel
   model_dir = config.model_dir
   check_model_dir_writable(model_dir)
-  resumes = has_checkpoint(model_dir)
+  resumes = checkpoints.has_checkpoint(model_dir)
+
+  def resolves(path):
+    try:
+      checkpoints.resolve_checkpoint(path, verify=False)
+      return True
+    except checkpoints.CheckpointError as error:
+      return error
+
   architecture = config.architecture()
   if not config.num_classes:  # Taken from the dataset later: not known here.
     del architecture['num_classes']
   check_saved_architecture(model_dir, architecture)
   if config.checkpoint and config.checkpoint != SCRATCH_CHECKPOINT:
-    if not _checkpoint_exists(config.checkpoint):
-      raise ConfigError(f'--checkpoint {config.checkpoint} does not exist '
-                        '(expected a checkpoint prefix with a .index file, a '
-                        'model_dir or a SavedModel directory)')
+    problem = resolves(config.checkpoint)
+    if problem is not True:
+      raise ConfigError(f'--checkpoint: {problem}')
     source = _checkpoint_architecture(config.checkpoint)
     if source is not None:
       wanted = config.architecture()
       saved_source = dict(source)
-      if 'image_size' in source:  # Only the stem depends on it (<= 32: CIFAR).
-        saved_source['cifar_stem'] = source['image_size'] <= 32
-        wanted['cifar_stem'] = config.image_size <= 32
+      if 'image_size' in source:  # Only the stem depends on it.
+        saved_source['cifar_stem'] = architecture_lib.uses_cifar_stem(
+            source['image_size'])
+        wanted['cifar_stem'] = architecture_lib.uses_cifar_stem(
+            config.image_size)
       differences = architecture_differences(
           saved_source, wanted, BACKBONE_FIELDS + ('cifar_stem',))
       if differences:
@@ -410,10 +368,10 @@ def check_paths(config: 'Config'):
             f'--checkpoint {config.checkpoint} holds a model with ' +
             ', '.join(differences) + '; use the flags it was trained with')
   stage = stages.STAGES[config.train_mode]
-  if stage.needs_teacher and not _checkpoint_exists(
-      config.teacher_checkpoint):
-    raise ConfigError(f'--teacher_checkpoint {config.teacher_checkpoint} does '
-                      'not exist')
+  if stage.needs_teacher:
+    problem = resolves(config.teacher_checkpoint)
+    if problem is not True:
+      raise ConfigError(f'--teacher_checkpoint: {problem}')
   if (stage.needs_initial_weights and config.mode != 'eval' and
       not config.checkpoint and not resumes):
     raise ConfigError(

@@ -18,21 +18,25 @@ that already holds a checkpoint).
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
 import tensorflow as tf
 
+from tf_simclr import architecture as architecture_lib
+from tf_simclr import checkpoints
 from tf_simclr import config
 from tf_simclr import model as model_lib
 from tf_simclr import reference
 
-# Flags that default to what describe_reference infers.
-_INFERRED = (
-    ('resnet_depth', int), ('width_multiplier', float), ('sk_ratio', float),
-    ('se_ratio', float), ('image_size', int), ('proj_head_mode', str),
-    ('num_proj_layers', int), ('proj_out_dim', int), ('ft_proj_selector', int),
-    ('num_classes', int))
+# Flags that default to what describe_reference infers: every field of the
+# architecture record but batch_norm_decay (not in the shapes).
+_INFERRED = tuple(
+    (field.name, {'int': int, 'float': float, 'str': str}[
+        field.type if isinstance(field.type, str) else field.type.__name__])
+    for field in dataclasses.fields(architecture_lib.ModelConfig)
+    if field.name != 'batch_norm_decay')
 
 
 class UsageError(Exception):
@@ -69,11 +73,11 @@ def architecture_for(checkpoint, overrides):
   architecture = {name: inferred.get(name) for name in config.MODEL_FIELDS}
   architecture.update({name: value for name, value in overrides.items()
                        if value is not None})
-  if (architecture['image_size'] <= 32) != cifar_stem:
+  if architecture_lib.uses_cifar_stem(architecture['image_size']) != cifar_stem:
     stem = 'CIFAR' if cifar_stem else 'ImageNet'
     raise UsageError(
         f'--image_size={architecture["image_size"]} selects the '
-        f'{"CIFAR" if architecture["image_size"] <= 32 else "ImageNet"} stem '
+        f'{"CIFAR" if not cifar_stem else "ImageNet"} stem '
         f'but the checkpoint has the {stem} stem (the CIFAR stem goes with '
         'image_size <= 32)')
   return architecture
@@ -81,13 +85,12 @@ def architecture_for(checkpoint, overrides):
 
 def convert(checkpoint, model_dir, overrides=None):
   """Loads `checkpoint` and writes it to `model_dir`; returns (summary, path)."""
-  if tf.train.latest_checkpoint(model_dir):
+  if checkpoints.has_checkpoint(model_dir):
     raise UsageError(f'--model_dir={model_dir} already holds a checkpoint; '
                      'choose a new directory')
   architecture = architecture_for(checkpoint, overrides or {})
-  kwargs = dict(architecture)
-  num_classes = kwargs.pop('num_classes')
-  model = model_lib.build_model(num_classes, **kwargs)
+  model = model_lib.build_model(
+      architecture_lib.ModelConfig.from_dict(architecture))
   summary = reference.load_reference_checkpoint(model, checkpoint)
   global_step = tf.Variable(0, dtype=tf.int64, name='global_step')
   manager = tf.train.CheckpointManager(

@@ -103,6 +103,24 @@ class InputConfig:
   seed: int = 0
   skip_bad_images: bool = False
 
+  @classmethod
+  def of_run(cls, config, **fields):
+    """The input of a run.py Config (its dataset, data and augmentation
+    flags) with `fields` (split, augmentation, batch_size, subset,
+    is_training, ...) set."""
+    return cls(
+        dataset=config.dataset, data_dir=config.data_dir,
+        image_size=config.image_size,
+        color_jitter_strength=config.color_jitter_strength,
+        color_jitter_version=config.color_jitter_version,
+        use_blur=config.use_blur, label_fraction=config.label_fraction,
+        label_seed=config.label_seed, cache=config.cache_dataset,
+        deterministic=config.deterministic, seed=config.seed,
+        skip_bad_images=config.skip_bad_images, **fields)
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
 
 # ---------------------------------------------------------------- helpers
 
@@ -750,8 +768,15 @@ def build_dataset(config: InputConfig,
 
 
 def build_distributed_dataset(strategy: tf.distribute.Strategy,
-                              config: InputConfig):
+                              config: InputConfig, skip_steps: int = 0):
   """A distributed dataset: per-replica batches of `build_dataset`, each
-  input pipeline reading its own shard."""
-  return strategy.distribute_datasets_from_function(
-      lambda input_context: build_dataset(config, input_context))
+  input pipeline reading its own shard; without the batches of the first
+  `skip_steps` global steps (a deterministic resume replays them)."""
+  def dataset_fn(input_context):
+    dataset = build_dataset(config, input_context)
+    if skip_steps:
+      replicas_per_pipeline = max(1, input_context.num_replicas_in_sync //
+                                  input_context.num_input_pipelines)
+      dataset = dataset.skip(skip_steps * replicas_per_pipeline)
+    return dataset
+  return strategy.distribute_datasets_from_function(dataset_fn)

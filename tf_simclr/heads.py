@@ -70,6 +70,8 @@ class ProjectionHead(tf_keras.layers.Layer):
     self.proj_head_mode = proj_head_mode
     self.num_proj_layers = num_proj_layers
     self.proj_out_dim = proj_out_dim
+    self.batch_norm_decay = batch_norm_decay
+    self.global_bn = global_bn
     bn = dict(use_bn=True, batch_norm_decay=batch_norm_decay,
               global_bn=global_bn)
     if proj_head_mode == 'none':
@@ -88,6 +90,13 @@ class ProjectionHead(tf_keras.layers.Layer):
   @property
   def depth(self):
     return len(self.linear_layers)
+
+  def get_config(self):
+    return dict(super().get_config(), proj_head_mode=self.proj_head_mode,
+                num_proj_layers=self.num_proj_layers,
+                proj_out_dim=self.proj_out_dim,
+                batch_norm_decay=self.batch_norm_decay,
+                global_bn=self.global_bn)
 
   def call(self, inputs, training=None, trainable_layers=None):
     """inputs: [N, C]. trainable_layers: how many layers run in training mode
@@ -117,6 +126,10 @@ class SupervisedHead(tf_keras.layers.Layer):
     self.num_classes = num_classes
     self.linear_layer = LinearLayer(num_classes, use_bias=True, use_bn=False)
     self.zero_init = zero_init
+
+  def get_config(self):
+    return dict(super().get_config(), num_classes=self.num_classes,
+                zero_init=self.zero_init)
 
   def build(self, input_shape):
     self.linear_layer.build(input_shape)

@@ -45,7 +45,7 @@ def _memory_weights(model):
   """The variables the memory copies: backbone and projection head (the
   supervised head stays out), trainable and batch-norm statistics alike."""
   return (list(model.resnet_model.variables) +
-          list(model._projection_head.variables))  # pylint: disable=protected-access
+          list(model.projection_head.variables))
 
 
 class NegativeMemory(tf.Module):

@@ -8,6 +8,7 @@ and export read by key (the key names are the reference's).
 import tensorflow as tf
 import tf_keras
 
+from tf_simclr import architecture
 from tf_simclr import heads
 from tf_simclr import resnet
 
@@ -118,6 +119,23 @@ class SimCLRModel(tf_keras.Model):
   def backbone_variables(self):
     return self.resnet_model.variables
 
+  @property
+  def projection_head(self):
+    return self._projection_head
+
+  def get_config(self):
+    """{'model_config': the architecture record, 'options': how it trains};
+    from_config rebuilds the same network (fresh weights)."""
+    return {'model_config': self.model_config.to_dict(),
+            'options': dict(self.build_options)}
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    del custom_objects
+    return build_model(
+        architecture.ModelConfig.from_dict(config['model_config']),
+        **config.get('options', {}))
+
   def supervised_head_variables(self):
     return self.supervised_head.variables if self.has_supervised_head else []
 
@@ -129,10 +147,16 @@ def build_model(num_classes=0, *, resnet_depth=50, width_multiplier=1.0,
                 global_bn=False, fine_tune_after_block=-1,
                 supervised_training=False, zero_init_logits_layer=False,
                 cifar_stem=None, build=True, **unused_flags):
-  """Builds a SimCLR model from run.py flag names.
+  """Builds a SimCLR model from run.py flag names, or from a ModelConfig.
+
+  `build_model(model_config, **options)` with an architecture.ModelConfig
+  takes every architecture field from it (options: global_bn,
+  fine_tune_after_block, supervised_training, zero_init_logits_layer,
+  cifar_stem, build). The model keeps its record as `model.model_config`.
 
   Args:
-    num_classes: classes of the supervised head; 0 means no supervised head.
+    num_classes: classes of the supervised head; 0 means no supervised head
+      (or an architecture.ModelConfig).
     resnet_depth, width_multiplier, sk_ratio, se_ratio: the backbone.
     image_size: input size; <= 32 selects the CIFAR stem unless `cifar_stem`
       says otherwise.
@@ -150,11 +174,19 @@ def build_model(num_classes=0, *, resnet_depth=50, width_multiplier=1.0,
     A SimCLRModel whose call(images, training) returns the dict of outputs.
   """
   del unused_flags
+  if isinstance(num_classes, architecture.ModelConfig):
+    record = num_classes
+    return build_model(record.num_classes, **record.build_kwargs(),
+                       global_bn=global_bn,
+                       fine_tune_after_block=fine_tune_after_block,
+                       supervised_training=supervised_training,
+                       zero_init_logits_layer=zero_init_logits_layer,
+                       cifar_stem=cifar_stem, build=build)
   if resnet_depth not in resnet.BLOCKS:
     raise ValueError(f'resnet_depth must be one of {tuple(resnet.BLOCKS)}, '
                      f'got {resnet_depth}')
   if cifar_stem is None:
-    cifar_stem = image_size <= 32
+    cifar_stem = architecture.uses_cifar_stem(image_size)
   backbone = resnet.Resnet(resnet_depth, width_multiplier,
                            cifar_stem=cifar_stem, sk_ratio=sk_ratio,
                            se_ratio=se_ratio,
@@ -170,6 +202,16 @@ def build_model(num_classes=0, *, resnet_depth=50, width_multiplier=1.0,
                       ft_proj_selector=ft_proj_selector,
                       fine_tune_after_block=fine_tune_after_block,
                       supervised_training=supervised_training)
+  model.model_config = architecture.ModelConfig(
+      resnet_depth=resnet_depth, width_multiplier=width_multiplier,
+      sk_ratio=sk_ratio, se_ratio=se_ratio, image_size=image_size,
+      proj_head_mode=proj_head_mode, num_proj_layers=num_proj_layers,
+      proj_out_dim=proj_out_dim, ft_proj_selector=ft_proj_selector,
+      batch_norm_decay=batch_norm_decay, num_classes=num_classes)
+  model.build_options = dict(
+      global_bn=global_bn, fine_tune_after_block=fine_tune_after_block,
+      supervised_training=supervised_training,
+      zero_init_logits_layer=zero_init_logits_layer, cifar_stem=cifar_stem)
   if build:
     model(tf.zeros([1, image_size, image_size, 3]), training=False)
   return model

@@ -1,9 +1,15 @@
 """Losses: NT-Xent contrastive, supervised cross-entropy, distillation.
 
-All losses compute in float32, whatever the model's compute dtype.
+All losses compute in float32, whatever the model's compute dtype. The stage
+objectives at the end combine them into what each stage trains on.
 """
 
+import dataclasses
+from typing import Optional
+
 import tensorflow as tf
+
+from tf_simclr import model as model_lib
 
 # Added to the logits of an example against itself; large enough to zero its
 # softmax weight, and finite so 0 * LARGE_NUM stays 0. Logits are float32 here,
@@ -190,3 +196,130 @@ def combined_distillation_terms(student_logits, teacher_logits, temperature,
     terms['supervised_loss'] = supervised_loss(labels, labeled_logits)
     loss += (1 - alpha) * terms['supervised_loss']
   return loss, terms
+
+
+# ---------------------------------------------------------------- stage objectives
+# What each stage trains on (stages.Stage.objective names one): pure functions
+# of one replica's model outputs, labels and inputs, returning
+# (loss, {metric name: scalar}). The names each logs are derived from the
+# function itself (metric_names), never listed a second time.
+PROJECTION_KEY = model_lib.PROJ_HEAD_OUTPUT
+LOGITS_KEY = model_lib.LOGITS_SUP
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveOptions:
+  """The settings a stage objective reads (run.py's flags of the same names).
+
+  strategy: the tf.distribute strategy whose replicas supply the contrastive
+  negatives (None: this replica's batch only).
+  """
+  temperature: float = 0.1
+  hidden_norm: bool = True
+  distill_temperature: float = 1.0
+  distill_alpha: float = 1.0
+  strategy: Optional[tf.distribute.Strategy] = None
+
+
+def accuracy(labels, logits):
+  """Top-1 accuracy of logits [n, C] against int labels [n]."""
+  return tf.reduce_mean(tf.cast(tf.equal(
+      tf.cast(labels, tf.int64), tf.argmax(logits, -1)), tf.float32))
+
+
+def contrastive_objective(outputs, labels, inputs, options):
+  """NT-Xent on the projections of the two views (rows i and i + n), plus
+  the linear-evaluation head's cross-entropy on both views when the model has
+  one (it sits behind stop_gradient in the model).
+
+  inputs: {'memory': (negatives [K, d], filled)} with SimCLRv2's memory of
+  negatives, else {}.
+  """
+  memory = inputs.get('memory')
+  loss, logits_ab, contrast_labels = contrastive_loss(
+      outputs[PROJECTION_KEY], hidden_norm=options.hidden_norm,
+      temperature=options.temperature, strategy=options.strategy,
+      memory=memory)
+  contrast_accuracy, entropy = contrastive_metrics(logits_ab, contrast_labels)
+  logs = {'contrast_loss': loss, 'contrast_acc': contrast_accuracy,
+          'contrast_entropy': entropy}
+  if memory is not None:
+    negatives, filled = memory
+    logs['memory_fill'] = (tf.cast(filled, tf.float32) /
+                           tf.cast(tf.shape(negatives)[0], tf.float32))
+  if LOGITS_KEY in outputs:
+    both_views_labels = tf.concat([labels, labels], axis=0)
+    supervised = supervised_loss(both_views_labels, outputs[LOGITS_KEY])
+    loss += supervised
+    logs['supervised_loss'] = supervised
+    logs['supervised_acc'] = accuracy(both_views_labels, outputs[LOGITS_KEY])
+  return loss, logs
+
+
+def supervised_objective(outputs, labels, inputs, options):
+  """Cross-entropy of the supervised head (finetuning)."""
+  del inputs, options
+  logits = outputs[LOGITS_KEY]
+  loss = supervised_loss(labels, logits)
+  return loss, {'supervised_loss': loss, 'supervised_acc': accuracy(labels,
+                                                                    logits)}
+
+
+def distill_objective(outputs, labels, inputs, options):
+  """(1 − α) · CE(labels) + α · τ-softened CE against the teacher.
+
+  inputs: {'teacher_logits': [n, C]} for the first n rows (the unlabeled
+  batch); with α < 1 the rows after them are the labeled batch of `labels`.
+  """
+  logits = outputs[LOGITS_KEY]
+  teacher_logits = inputs['teacher_logits']
+  num_unlabeled = tf.shape(teacher_logits)[0]
+  student_logits = logits[:num_unlabeled]
+  labeled = options.distill_alpha < 1
+  labeled_logits = logits[num_unlabeled:] if labeled else None
+  loss, logs = combined_distillation_terms(
+      student_logits, teacher_logits, options.distill_temperature,
+      options.distill_alpha, labeled_logits=labeled_logits,
+      labels=labels if labeled else None)
+  logs['teacher_agreement'] = accuracy(tf.argmax(teacher_logits, -1),
+                                       student_logits)
+  if labeled:
+    logs['supervised_acc'] = accuracy(labels, labeled_logits)
+  return loss, logs
+
+
+STAGE_OBJECTIVES = {
+    'contrastive': contrastive_objective,
+    'supervised': supervised_objective,
+    'distill': distill_objective,
+}
+
+
+def metric_names(objective, options, num_classes, projection_dim=128,
+                 memory_size=0):
+  """The metric names `objective` logs for these options and model outputs
+  (num_classes 0: no supervised head; memory_size > 0: a memory of
+  negatives), found by tracing it once on placeholders: metrics must exist
+  before the training step is traced, and this way they cannot disagree with
+  what the objective returns."""
+  outputs = {PROJECTION_KEY: tf.TensorSpec([None, projection_dim], tf.float32)}
+  if num_classes:
+    outputs[LOGITS_KEY] = tf.TensorSpec([None, num_classes], tf.float32)
+  inputs = {}
+  if memory_size:
+    inputs['memory'] = (tf.TensorSpec([memory_size, projection_dim],
+                                      tf.float32),
+                        tf.TensorSpec([], tf.int32))
+  if objective is distill_objective:
+    inputs['teacher_logits'] = tf.TensorSpec([None, num_classes], tf.float32)
+  local = dataclasses.replace(options, strategy=None)
+  names = []
+
+  def trace(outputs, labels, inputs):
+    _, logs = objective(outputs, labels, inputs, local)
+    names.extend(logs)
+    return tf.constant(0)
+
+  tf.function(trace, autograph=False).get_concrete_function(
+      outputs, tf.TensorSpec([None], tf.int32), inputs)
+  return names

@@ -18,15 +18,17 @@ from tf_simclr import heads
 
 # ------------------------------------------------------------ durations
 def steps_from_epochs(epochs, num_examples, batch_size):
-  """Whole steps covering `epochs` passes over `num_examples` examples."""
+  """Whole steps covering `epochs` passes over `num_examples` examples: the
+  one epochs-to-steps rule (warm-up, checkpoint interval, training length)."""
   return int(round(epochs * num_examples // batch_size))
 
 
 def total_train_steps(train_steps, train_epochs, num_examples, batch_size):
-  """`train_steps` when given, else the reference's epochs * examples // batch + 1."""
+  """`train_steps` when given, else the reference's rule: one step more than
+  steps_from_epochs (epochs * examples // batch + 1)."""
   if train_steps:
     return int(train_steps)
-  return int(num_examples * train_epochs // batch_size + 1)
+  return steps_from_epochs(train_epochs, num_examples, batch_size) + 1
 
 
 def scaled_learning_rate(base_learning_rate, batch_size, scaling='linear'):

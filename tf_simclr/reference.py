@@ -22,18 +22,18 @@ Example:
 import collections
 import dataclasses
 import logging
-import os
 from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from tf_simclr import checkpoints
 from tf_simclr import resnet
 
-VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
+# The object graph's key names (checkpoints owns them).
+VALUE_SUFFIX = checkpoints.VALUE_SUFFIX
 MODEL_PREFIX = 'model/'
-SUPERVISED_HEAD_PREFIX = 'model/supervised_head/'
-GLOBAL_STEP_KEY = 'global_step' + VALUE_SUFFIX
-SAVED_MODEL_VARIABLES = os.path.join('variables', 'variables')
+SUPERVISED_HEAD_PREFIX = checkpoints.SUPERVISED_HEAD_PREFIX
+GLOBAL_STEP_KEY = checkpoints.GLOBAL_STEP_KEY
 # How many grouped entries each list of an error message shows.
 MAX_LISTED = 12
 # The paper's selective-kernel ratio; reported when the shapes allow it.
@@ -44,8 +44,9 @@ _PROJECTION = 'model/_projection_head/linear_layers/'
 _SUPERVISED_KERNEL = 'model/supervised_head/linear_layer/dense/kernel' + VALUE_SUFFIX
 
 
-class ReferenceCheckpointError(ValueError):
-  """A path that is not a reference checkpoint, or one the model does not match."""
+# A path that is not a checkpoint, or one the model does not match: the one
+# error type of every checkpoint entry (this name is kept for callers).
+ReferenceCheckpointError = checkpoints.CheckpointError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,38 +67,6 @@ class ReferenceLoadSummary:
 
 
 # ------------------------------------------------------------------- paths
-def resolve_checkpoint_prefix(path):
-  """Returns the checkpoint prefix that `path` designates.
-
-  path: a checkpoint prefix, a directory with checkpoints, or a SavedModel
-  directory. Raises ReferenceCheckpointError when there is no checkpoint.
-  """
-  path = os.fspath(path)
-  if tf.io.gfile.exists(path + '.index'):
-    return path
-  if not tf.io.gfile.isdir(path):
-    raise ReferenceCheckpointError(
-        f'no checkpoint at {path!r}: expected a checkpoint prefix (with '
-        f'{path}.index), a directory of checkpoints or a SavedModel directory')
-  saved_model_prefix = os.path.join(path, SAVED_MODEL_VARIABLES)
-  if tf.io.gfile.exists(saved_model_prefix + '.index'):
-    return saved_model_prefix
-  latest = tf.train.latest_checkpoint(path)
-  if latest:
-    return latest
-  indexes = sorted(tf.io.gfile.glob(os.path.join(path, '*.index')))
-  if len(indexes) == 1:
-    return indexes[0][:-len('.index')]
-  if not indexes:
-    raise ReferenceCheckpointError(
-        f'no checkpoint in directory {path!r}: it has no *.index file, no '
-        f'"checkpoint" file and no {SAVED_MODEL_VARIABLES}.index')
-  names = ', '.join(os.path.basename(name)[:-len('.index')] for name in indexes)
-  raise ReferenceCheckpointError(
-      f'directory {path!r} holds several checkpoints ({names}) and no '
-      '"checkpoint" file naming the latest; pass the prefix of one')
-
-
 def read_variable_shapes(prefix):
   """Returns {checkpoint key: shape tuple} of the `.../VARIABLE_VALUE` entries."""
   try:
@@ -345,7 +314,7 @@ def load_reference_checkpoint(model, path, skip_supervised_head=False):
       differ from the model's (the message lists them). Nothing is assigned
       then.
   """
-  prefix = resolve_checkpoint_prefix(path)
+  prefix = checkpoints.resolve_checkpoint(path)
   if not model.built:
     model(tf.zeros([1, 64, 64, 3]), training=False)
   pairs, ignored = match_checkpoint(model, prefix, skip_supervised_head)
@@ -511,4 +480,5 @@ def describe_reference(path):
   giving the same shapes loads the same weights), ft_proj_selector 0 when the
   supervised head has the backbone's width, batch_norm_decay (not returned).
   """
-  return describe_shapes(read_variable_shapes(resolve_checkpoint_prefix(path)))
+  return describe_shapes(read_variable_shapes(
+      checkpoints.resolve_checkpoint(path)))

@@ -353,6 +353,8 @@ class Resnet(tf_keras.layers.Layer):
     self.cifar_stem = cifar_stem
     self.sk_ratio = sk_ratio
     self.se_ratio = se_ratio
+    self.batch_norm_decay = batch_norm_decay
+    self.global_bn = global_bn
     block_type, counts = BLOCKS[resnet_depth]
     bn = dict(decay=batch_norm_decay, synchronized=global_bn)
     width = 64 * width_multiplier
@@ -380,6 +382,13 @@ class Resnet(tf_keras.layers.Layer):
                    se_ratio=se_ratio, name=f'block_group{i + 1}', **bn)
         for i in range(4)
     ]
+
+  def get_config(self):
+    return dict(super().get_config(), resnet_depth=self.resnet_depth,
+                width_multiplier=self.width_multiplier,
+                cifar_stem=self.cifar_stem, sk_ratio=self.sk_ratio,
+                se_ratio=self.se_ratio, batch_norm_decay=self.batch_norm_decay,
+                global_bn=self.global_bn)
 
   def call(self, inputs, training=None, frozen_parts=0):
     """Runs the backbone.

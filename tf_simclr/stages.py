@@ -21,7 +21,7 @@ class Stage:
     name: the --train_mode value.
     views: augmented views per image in a training batch.
     augmentation: data.InputConfig.augmentation of the training input.
-    objective: key of the loss in trainer.OBJECTIVES.
+    objective: key of its loss in objectives.STAGE_OBJECTIVES.
     supervised_training: build_model's supervised_training.
     train_subset: data.InputConfig.subset of the training input.
     needs_initial_weights: must start from --checkpoint (or a resumable

@@ -14,6 +14,7 @@ import os
 
 import tensorflow as tf
 
+from tf_simclr import architecture as architecture_lib
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import model as model_lib
@@ -42,18 +43,16 @@ def _is_saved_model(path):
 
 
 def _from_model_dir(path, architecture):
-  kwargs = {name: architecture[name] for name in config_lib.MODEL_FIELDS
-            if name in architecture}
-  num_classes = kwargs.pop('num_classes', 0)
-  if not num_classes:
+  record = architecture_lib.ModelConfig.from_dict(architecture)
+  if not record.num_classes:
     raise checkpoints.CheckpointError(
         f'teacher {path} has no supervised head (a pretrain run?); distill '
         f'from a finetune model_dir or export')
-  model = model_lib.build_model(num_classes, **kwargs, supervised_training=True)
+  model = model_lib.build_model(record, supervised_training=True)
   prefix = checkpoints.resolve_checkpoint(path)
   tf.train.Checkpoint(model=model).read(prefix).expect_partial(
   ).assert_existing_objects_matched()
-  return model, num_classes, prefix
+  return model, record.num_classes, prefix
 
 
 def load_teacher(path, num_classes=None):
@@ -65,9 +64,7 @@ def load_teacher(path, num_classes=None):
   """
   if not path:
     raise checkpoints.CheckpointError('no --teacher_checkpoint given')
-  if not tf.io.gfile.exists(path) and not tf.io.gfile.exists(path + '.index'):
-    raise checkpoints.CheckpointError(
-        f'--teacher_checkpoint {path} does not exist')
+  checkpoints.resolve_checkpoint(path, verify=False)  # Raises when absent.
   architecture = (config_lib.read_architecture(path)
                   if tf.io.gfile.isdir(path) else None)
   if architecture is not None:
@@ -104,16 +101,15 @@ def _from_reference(path):
   """A google-research/simclr checkpoint or released SavedModel."""
   from tf_simclr import reference  # pylint: disable=import-outside-toplevel
   prefix = checkpoints.resolve_checkpoint(path)
-  description = dict(reference.describe_reference(prefix))
-  num_classes = description.pop('num_classes', 0)
-  if not num_classes:
+  record = architecture_lib.ModelConfig.from_dict(
+      reference.describe_reference(prefix))
+  if not record.num_classes:
     raise checkpoints.CheckpointError(
         f'teacher {path} has no supervised head; distill from a fine-tuned '
         f'checkpoint')
-  model = model_lib.build_model(num_classes, **description,
-                                supervised_training=True)
+  model = model_lib.build_model(record, supervised_training=True)
   reference.load_reference_checkpoint(model, prefix)
-  return model, num_classes, prefix
+  return model, record.num_classes, prefix
 
 
 def _check_classes(teacher, num_classes):

@@ -113,6 +113,21 @@ def write_augmentation_grid_for_dataset(
                                  seed=seed)
 
 
+def write_training_views(writer, input_config: data.InputConfig, views: int,
+                         blur_size: Optional[int] = None, count: int = 3):
+  """A few training views of `input_config` into TensorBoard (the first
+  images of a batch, each view as its own image summary); `blur_size`: the
+  training step blurs them on the device at that size (shown blurred)."""
+  sample = input_config.replace(batch_size=count, cache=False)
+  images, _ = next(iter(data.build_dataset(sample)))
+  splits = tf.split(images, views, axis=-1)
+  if blur_size:  # What the training step will see.
+    splits = [augment.batch_random_blur(view, blur_size) for view in splits]
+  with writer.as_default(step=0):
+    for index, view in enumerate(splits):
+      tf.summary.image(f'augmented_view_{index + 1}', view, max_outputs=count)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--dataset', default='synthetic')

@@ -1,0 +1,113 @@
+"""Evaluation of a trained network: its supervised head and its encoder.
+
+- `evaluate_head`: top-1 / top-5 of the supervised head over an input (and,
+  in distillation, how often it agrees with the teacher), in inference mode,
+  on the strategy's replicas.
+- `knn_top_1`: the encoder's weighted kNN accuracy (knn.py): the bank is a
+  labeled training input, the queries the evaluation input. Labels are read
+  here only; they never reach a training loss.
+- `write_result`: result.json (atomically) and the eval/ TensorBoard scalars.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+import tf_keras
+
+from tf_simclr import data
+from tf_simclr import knn
+from tf_simclr import model as model_lib
+
+SUMMARY_KEYS = ('label_top_1_accuracy', 'label_top_5_accuracy', 'knn_top_1')
+
+
+def evaluate_head(model, strategy, eval_input, num_classes, teacher=None,
+                  eval_steps=0):
+  """{'label_top_1_accuracy', 'label_top_5_accuracy', 'num_examples'} (plus
+  'teacher_agreement' with a teacher) of `model`'s supervised head over
+  `eval_input` (data.InputConfig), its first `eval_steps` batches when > 0."""
+  dataset = data.build_distributed_dataset(strategy, eval_input)
+  top_k = min(5, num_classes)
+  with strategy.scope():
+    top_1 = tf_keras.metrics.SparseCategoricalAccuracy('top_1')
+    top_5 = tf_keras.metrics.SparseTopKCategoricalAccuracy(top_k, 'top_5')
+    agreement = tf_keras.metrics.Mean('teacher_agreement')
+    count = tf_keras.metrics.Sum('count')
+
+  def replica_eval(images, labels):
+    logits = model(images, training=False)[model_lib.LOGITS_SUP]
+    top_1.update_state(labels, logits)
+    top_5.update_state(labels, logits)
+    count.update_state(tf.cast(tf.shape(labels)[0], tf.float32))
+    if teacher is not None:
+      agreement.update_state(tf.cast(tf.equal(
+          tf.argmax(logits, -1), tf.argmax(teacher(images), -1)), tf.float32))
+
+  @tf.function
+  def eval_loop(iterator, num_steps):
+    for _ in tf.range(num_steps):
+      images, labels = next(iterator)
+      strategy.run(replica_eval, args=(images, labels))
+
+  @tf.function
+  def eval_all(dataset):
+    for images, labels in dataset:
+      strategy.run(replica_eval, args=(images, labels))
+
+  if eval_steps:
+    eval_loop(iter(dataset), tf.constant(eval_steps))
+  else:
+    eval_all(dataset)
+  result = {
+      'label_top_1_accuracy': float(top_1.result()),
+      'label_top_5_accuracy': float(top_5.result()),
+      'num_examples': int(count.result()),
+  }
+  if teacher is not None:
+    result['teacher_agreement'] = float(agreement.result())
+  return result
+
+
+def knn_top_1(model, strategy, bank_input, query_input, num_classes,
+              bank_size=None, query_limit=None):
+  """Weighted kNN top-1 (k 200, temperature 0.1, cosine) of `model`'s
+  final_avg_pool features in inference mode: at most `bank_size` examples of
+  `bank_input` as the bank, at most `query_limit` of `query_input` as the
+  queries (data.InputConfig, both read whole by every worker)."""
+  bank = knn.extract_features(model, _unsharded(data.build_dataset(bank_input)),
+                              strategy, max_examples=bank_size)
+  queries = knn.extract_features(
+      model, _unsharded(data.build_dataset(query_input)), strategy,
+      max_examples=query_limit)
+  return knn.knn_accuracy(*bank, *queries, num_classes=num_classes)
+
+
+def _unsharded(dataset):
+  """Every worker reads the whole dataset (each computes the kNN itself)."""
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.OFF)
+  return dataset.with_options(options)
+
+
+def write_json(path, payload):
+  """Writes `payload` as JSON through a temporary file and a rename: a
+  reader never sees half a file."""
+  temporary = path + '.tmp'
+  with tf.io.gfile.GFile(temporary, 'w') as f:
+    json.dump(payload, f, indent=1, sort_keys=True)
+  tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def write_result(model_dir, result, eval_name=''):
+  """model_dir/result.json (result_<eval_name>.json) and eval/<key> scalars
+  at result['global_step']."""
+  name = f'result_{eval_name}' if eval_name else 'result'
+  write_json(os.path.join(model_dir, name + '.json'), result)
+  writer = tf.summary.create_file_writer(model_dir)
+  with writer.as_default(step=result['global_step']):
+    for key in SUMMARY_KEYS:
+      if key in result:
+        tf.summary.scalar(f'eval/{key}', result[key])
+  writer.flush()
