@@ -35,7 +35,8 @@ import time
 from absl import app
 from absl import flags
 
-from tf_simclr import benchmark  # Defines the benchmark's flags.
+from tf_simclr import benchmark
+from tf_simclr.benchmark import cli  # pylint: disable=unused-import (the benchmark's flags)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('hub_steps', 10, 'Timed hub fine-tuning steps of each (0: skip).')
@@ -101,7 +102,7 @@ def main(argv):
   }
   trainers = {}
   for name, around in builds.items():
-    config = benchmark.make_config(os.path.join(work_dir, name))
+    config = benchmark.make_config(FLAGS, os.path.join(work_dir, name))
     trainers[name] = around(lambda: trainer_lib.Trainer(config, strategy))  # pylint: disable=cell-var-from-loop
   result = {
       'config': {name: FLAGS[name].value for name in benchmark.TIMED_FLAGS},

@@ -126,3 +126,26 @@ def test_cli_other_stages(train_mode):
   assert summary['achieved_tflops'] == pytest.approx(
       passes * summary['model_gflops_per_image'] * summary['views_per_sec'] / 1000)
   assert summary['input_images_per_sec'] is None
+
+
+def test_library_takes_the_command_lines_values_as_an_object(tmp_path):
+  """The library reads no flags: make_config takes any object whose
+  attributes are run.py flag values, parse_variant the command line's
+  parsers."""
+  import types  # pylint: disable=g-import-not-at-top
+  settings = types.SimpleNamespace(resnet_depth=18, width_multiplier=0.125,
+                                   image_size=32, train_batch_size=8,
+                                   precision='bfloat16', dataset='imagenet2012')
+  config = benchmark.make_config(settings, str(tmp_path / 'm'),
+                                 overrides={'precision': 'float32'})
+  assert (config.resnet_depth, config.width_multiplier, config.image_size,
+          config.train_batch_size) == (18, 0.125, 32, 8)
+  assert config.precision == 'float32'  # The override wins.
+  assert config.dataset == 'synthetic'  # Timing needs no files.
+  parsed = benchmark.parse_variant(
+      'jit_compile=true steps_per_loop=5',
+      lambda name, text: (name, text))
+  assert parsed == {'jit_compile': ('jit_compile', 'true'),
+                    'steps_per_loop': ('steps_per_loop', '5')}
+  with pytest.raises(benchmark.UsageError, match='NAME one of'):
+    benchmark.parse_variant('resnet_depth=50', lambda name, text: text)

@@ -63,7 +63,8 @@ def float32_step(tmp_path_factory):
 
 
 @pytest.mark.parametrize('overrides, loss_tolerance', [
-    (dict(jit_compile=True), 1e-4),
+    # XLA (a GPU/TPU option) is slow to compile on 2 CPU cores: -m slow.
+    pytest.param(dict(jit_compile=True), 1e-4, marks=pytest.mark.slow),
     (dict(precision='bfloat16'), 3e-2),
     pytest.param(dict(precision='float16'), 5e-3, marks=pytest.mark.slow),
     pytest.param(dict(precision='bfloat16', jit_compile=True), 3e-2,
@@ -115,6 +116,7 @@ def test_float16_scales_the_loss_and_unscales_the_gradients(tmp_path):
   assert int(trainer.nonfinite_step.numpy()) == -1
 
 
+@pytest.mark.slow  # XLA and the on-device blur are accelerator options.
 def test_xla_step_with_blur_on_device_trains(tmp_path):
   trainer = _trainer(tmp_path, 'xla_blur', jit_compile=True, image_size=48,
                      blur_placement='device', precision='bfloat16')

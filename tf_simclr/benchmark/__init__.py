@@ -1,5 +1,8 @@
 r"""Times the training step and the input pipeline; prints a table, then JSON.
 
+The library of `python -m tf_simclr.benchmark`; its command line (the flags)
+is tf_simclr/benchmark/cli.py, and run_benchmark takes the flags' values.
+
 The training step is `trainer.Trainer`'s own replica step (model on the
 batch, the stage's loss, one optimizer update, metrics) on a batch of random
 images that stays on the device, several steps per tf.function call, so the
@@ -26,13 +29,11 @@ not counted.
 """
 
 import dataclasses
-import json
 import math
 import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
@@ -40,64 +41,12 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # The kernels run.py trains with (see run.py): oneDNN also on AVX2-only CPUs.
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
-
 from tf_simclr import stages  # pylint: disable=g-import-not-at-top (TF-free)
 
-FLAGS = flags.FLAGS
 
-# ---------------------------------------------------------------- flags
-# Model and optimizer flags: same names, defaults and meaning as run.py.
-flags.DEFINE_integer('resnet_depth', 50, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
-flags.DEFINE_float('width_multiplier', 1, 'Channel width multiplier.')
-flags.DEFINE_float('sk_ratio', 0., 'Selective-kernel ratio; > 0 enables SK and ResNet-D.')
-flags.DEFINE_float('se_ratio', 0., 'Squeeze-excitation ratio.')
-flags.DEFINE_integer('image_size', 224, 'Input image size; <= 32 uses the CIFAR stem.')
-flags.DEFINE_string('proj_head_mode', 'nonlinear', 'none, linear or nonlinear.')
-flags.DEFINE_integer('num_proj_layers', 3, 'Layers of the nonlinear projection head.')
-flags.DEFINE_integer('proj_out_dim', 128, 'Output width of the projection head.')
-flags.DEFINE_integer('ft_proj_selector', 0, 'Projection-head layer the supervised head reads.')
-flags.DEFINE_boolean('global_bn', True, 'Synchronise BN statistics across replicas.')
-flags.DEFINE_float('batch_norm_decay', 0.9, 'Batch norm moving-average decay.')
-flags.DEFINE_string('optimizer', 'lars', 'lars, momentum or adam.')
-flags.DEFINE_float('learning_rate', 0.3, 'Base learning rate (scaled by the batch size).')
-flags.DEFINE_string('learning_rate_scaling', 'linear', 'linear or sqrt.')
-flags.DEFINE_float('momentum', 0.9, 'Momentum.')
-flags.DEFINE_float('weight_decay', 1e-6, 'L2 weight decay.')
-flags.DEFINE_float('temperature', 0.1, 'Temperature of the contrastive loss.')
-flags.DEFINE_bool('lineareval_while_pretraining', True, 'Linear-eval head while pretraining.')
-flags.DEFINE_integer('fine_tune_after_block', -1, 'Finetune the layers after this block.')
-flags.DEFINE_integer('num_classes', 0, 'Classes of the supervised head (0: from --dataset).')
-flags.DEFINE_integer('memory_size', 0, 'Pretraining: SimCLRv2\'s memory of negatives (run.py\'s flag; 0: off). Time it against plain SimCLR with --variant=memory_size=K.')
-flags.DEFINE_float('memory_momentum', 0.999, 'Moving-average momentum of the memory network.')
-flags.DEFINE_enum('train_mode', 'pretrain', list(stages.STAGES), 'pretrain, finetune or distill (the teacher is a randomly initialised model of the same architecture).')
-flags.DEFINE_integer('train_batch_size', 64, 'Global batch size (images; pretraining sees two views of each).')
-flags.DEFINE_string('precision', 'float32', 'float32, bfloat16 or float16.')
-flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.')
-flags.DEFINE_integer('steps_per_loop', 10, 'Training steps per tf.function call.')
-flags.DEFINE_string('strategy', 'default', 'default, mirrored or multi_worker_mirrored.')
-flags.DEFINE_integer('cpu_replicas', 0, 'With --strategy=mirrored and no GPU: split the CPU into this many replicas.')
-flags.DEFINE_integer('num_gpus', 0, 'GPUs for --strategy=mirrored (0: all).')
-# Input flags.
-flags.DEFINE_string('dataset', 'synthetic', 'Dataset of the input pipeline whose images/s goes into the JSON line.')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
-flags.DEFINE_bool('use_blur', True, 'Gaussian blur in pretraining augmentation.')
-flags.DEFINE_enum('blur_placement', 'auto', ['auto', 'input', 'device'], 'Where pretraining blurs (as run.py): input pipeline, training step, or auto (the step on a GPU/TPU). The input table leaves blur out when the step does it.')
-flags.DEFINE_float('color_jitter_strength', 1.0, 'Strength of colour jittering.')
-flags.DEFINE_bool('cache_dataset', False, 'Cache the decoded dataset in memory.')
-# Benchmark flags.
-flags.DEFINE_integer('steps', 50, 'Timed training steps (rounded up to whole loops).')
-flags.DEFINE_integer('warmup_steps', 10, 'Untimed steps after the first (tracing) call.')
-flags.DEFINE_enum('component', 'both', ['train', 'input', 'both'], 'What to time.')
-flags.DEFINE_enum('feed', 'device', ['device', 'dataset'], 'device: one random batch resident on the device, fed to the step directly; dataset: Trainer\'s own loop pulling the same batch from a repeated in-memory tf.data dataset.')
-flags.DEFINE_list('input_datasets', ['synthetic', 'fashion_mnist'], 'Datasets of the input table (unavailable ones are reported as such).')
-flags.DEFINE_list('input_image_sizes', ['32', '224'], 'Image sizes of the input table (--image_size is always included).')
-flags.DEFINE_integer('input_batches', 20, 'Timed batches per input-pipeline measurement.')
-flags.DEFINE_integer('input_warmup_batches', 5, 'Untimed batches before timing the input pipeline.')
-flags.DEFINE_bool('measure_peak', True, 'Also time a large matrix multiplication in float32 and bfloat16 (the attainable peak of this device) and report the step as a fraction of its precision\'s peak.')
-flags.DEFINE_integer('peak_matrix_size', 0, 'Size n of the n x n matmul of --measure_peak (0: 8192 on a GPU/TPU, 2048 on a CPU).')
-flags.DEFINE_multi_string('variant', [], 'Also time this variant of the flags in the same process, calls interleaved with the baseline\'s, e.g. --variant="jit_compile=true" --variant="steps_per_loop=1 precision=bfloat16". Reported as ratios to the baseline (the flags as given).')
+class UsageError(ValueError):
+  """A bad --variant; the command line reports it as a usage error."""
+
 
 # What a --variant may change (the same model, batch and stage throughout).
 VARIANT_FLAGS = ('steps_per_loop', 'jit_compile', 'precision', 'feed',
@@ -200,26 +149,31 @@ def device_description():
   return f'CPU: {name} ({os.cpu_count()} cores)'
 
 
-def parse_variant(text):
-  """'jit_compile=true precision=bfloat16' -> {flag name: parsed value}."""
+def parse_variant(text, parse_value):
+  """'jit_compile=true precision=bfloat16' -> {flag name: parsed value};
+  parse_value(name, text) parses one flag's value (the command line's
+  parsers)."""
   overrides = {}
   for item in text.split():
     name, sep, value = item.partition('=')
     if not sep or name not in VARIANT_FLAGS:
-      raise app.UsageError(f'--variant wants NAME=VALUE pairs with NAME one '
-                           f'of {", ".join(VARIANT_FLAGS)}, got {item!r}')
-    overrides[name] = FLAGS[name].parser.parse(value)
+      raise UsageError(f'--variant wants NAME=VALUE pairs with NAME one '
+                       f'of {", ".join(VARIANT_FLAGS)}, got {item!r}')
+    overrides[name] = parse_value(name, value)
   return overrides
 
 
-def make_config(model_dir, teacher_dir=None, overrides=None):
-  """The config.Config of the flags and `overrides` (dataset synthetic: no
-  files needed)."""
+def make_config(settings, model_dir, teacher_dir=None, overrides=None):
+  """The config.Config of `settings` (an object whose attributes are run.py
+  flag values: the parsed command line) and `overrides` (dataset synthetic:
+  no files needed)."""
   from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
   overrides = overrides or {}
-  values = {field.name: overrides.get(field.name, FLAGS[field.name].value)
+  values = {field.name: overrides.get(field.name,
+                                      getattr(settings, field.name))
             for field in dataclasses.fields(config_lib.Config)
-            if field.name in FLAGS and field.name not in ('dataset', 'data_dir')}
+            if hasattr(settings, field.name) and
+            field.name not in ('dataset', 'data_dir')}
   values.update(dataset='synthetic', model_dir=model_dir,
                 train_steps=10**9, warmup_epochs=1,
                 teacher_checkpoint=teacher_dir)
@@ -369,17 +323,19 @@ def time_input(dataset, image_size, batch_size, augmentation, num_batches,
 
 
 # ---------------------------------------------------------------- main
-def run_benchmark():
-  """Runs what --component asks; returns the JSON summary dict."""
+def run_benchmark(settings, parse_value):
+  """Runs what settings.component asks (`settings`: the command line's
+  values, python -m tf_simclr.benchmark --help lists them; parse_value:
+  parse_variant's parser); prints the table and returns the JSON summary."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tf_simclr import distribute  # pylint: disable=g-import-not-at-top
   from tf_simclr import stages  # pylint: disable=g-import-not-at-top
   from tf_simclr import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
-  stage = stages.STAGES[FLAGS.train_mode]
+  stage = stages.STAGES[settings.train_mode]
   summary = {
-      'train_mode': FLAGS.train_mode,
-      'config': {name: FLAGS[name].value for name in TIMED_FLAGS},
+      'train_mode': settings.train_mode,
+      'config': {name: getattr(settings, name) for name in TIMED_FLAGS},
       'device': device_description(),
       'tensorflow': tf.__version__,
       'ms_per_step_median': None, 'images_per_sec': None,
@@ -394,32 +350,33 @@ def run_benchmark():
   }
   rows = []
   devices = None
-  if FLAGS.strategy == 'mirrored' and FLAGS.cpu_replicas:
-    devices = distribute.split_cpu_into_logical_devices(FLAGS.cpu_replicas)
-  strategy = distribute.make_strategy(FLAGS.strategy, num_gpus=FLAGS.num_gpus,
+  if settings.strategy == 'mirrored' and settings.cpu_replicas:
+    devices = distribute.split_cpu_into_logical_devices(settings.cpu_replicas)
+  strategy = distribute.make_strategy(settings.strategy, num_gpus=settings.num_gpus,
                                       devices=devices)
   on_accelerator = distribute.runs_on_accelerator(strategy)
 
-  if FLAGS.component in ('train', 'both'):
-    variants = [('baseline', {})] + [(text, parse_variant(text))
-                                     for text in FLAGS.variant]
+  if settings.component in ('train', 'both'):
+    variants = [('baseline', {})] + [(text, parse_variant(text, parse_value))
+                                     for text in settings.variant]
     model_dir = tempfile.mkdtemp(prefix='tf_simclr_benchmark_')
     try:
       timed_trainers = []
       for index, (_, overrides) in enumerate(variants):
-        setting = lambda name: overrides.get(name, FLAGS[name].value)  # pylint: disable=cell-var-from-loop
+        setting = lambda name: overrides.get(name, getattr(settings, name))  # pylint: disable=cell-var-from-loop
         run_dir = os.path.join(model_dir, f'run{index}')
         teacher_dir = None
-        if stages.STAGES[FLAGS.train_mode].needs_teacher:
+        if stages.STAGES[settings.train_mode].needs_teacher:
           teacher_dir = os.path.join(run_dir, 'teacher')
-          write_random_teacher(make_config(run_dir, 'unused', overrides),
+          write_random_teacher(make_config(settings, run_dir, 'unused',
+                                           overrides),
                                teacher_dir)
-        config = make_config(os.path.join(run_dir, 'model'), teacher_dir,
-                             overrides)
+        config = make_config(settings, os.path.join(run_dir, 'model'),
+                             teacher_dir, overrides)
         trainer = trainer_lib.Trainer(config, strategy)
         timed_trainers.append(TimedTrainer(trainer, setting('steps_per_loop'),
                                            setting('feed')))
-      timings = time_training(timed_trainers, FLAGS.steps, FLAGS.warmup_steps)
+      timings = time_training(timed_trainers, settings.steps, settings.warmup_steps)
       baseline = timed_trainers[0].trainer
       with strategy.scope():
         multiply_adds = count_forward_multiply_adds(baseline.model,
@@ -427,10 +384,10 @@ def run_benchmark():
     finally:
       shutil.rmtree(model_dir, ignore_errors=True)
     gflops = 2 * multiply_adds / 1e9
-    passes = 3 + (1 if stages.STAGES[FLAGS.train_mode].needs_teacher else 0)
+    passes = 3 + (1 if stages.STAGES[settings.train_mode].needs_teacher else 0)
 
     def rates(timing):
-      images_per_sec = FLAGS.train_batch_size / (
+      images_per_sec = settings.train_batch_size / (
           timing['ms_per_step_median'] / 1000)
       views_per_sec = images_per_sec * stage.views
       return images_per_sec, views_per_sec, passes * gflops * views_per_sec / 1000
@@ -461,15 +418,15 @@ def run_benchmark():
           for (name, _), timing in zip(variants[1:], timings[1:])]
     rows.append(('model', f'{gflops:.3f} GFLOPs/view forward',
                  f'{tflops:.4f} TFLOPS achieved (baseline)'))
-    if FLAGS.measure_peak:
-      size = FLAGS.peak_matrix_size or (8192 if on_accelerator else 2048)
+    if settings.measure_peak:
+      size = settings.peak_matrix_size or (8192 if on_accelerator else 2048)
       peaks = {name: matmul_peak_tflops(name, size)
                for name in ('float32', 'bfloat16')}
       # Mixed float16 runs its matmuls in float16: time that too.
-      if 'float16' in [FLAGS.precision] + [
+      if 'float16' in [settings.precision] + [
           overrides.get('precision') for _, overrides in variants]:
         peaks['float16'] = matmul_peak_tflops('float16', size)
-      compute = 'float32' if FLAGS.precision == 'float32' else FLAGS.precision
+      compute = 'float32' if settings.precision == 'float32' else settings.precision
       summary.update(matmul_peak_tflops=peaks, matmul_peak_size=size,
                      fraction_of_peak=tflops / peaks[compute])
       rows.append(('matmul peak', ', '.join(
@@ -478,41 +435,41 @@ def run_benchmark():
                    f'{100 * tflops / peaks[compute]:.0f} % of {compute}\'s'))
       for variant in summary.get('variants', []):
         overrides = dict(variants)[variant['variant']]
-        precision = overrides.get('precision', FLAGS.precision)
+        precision = overrides.get('precision', settings.precision)
         variant_tflops = rates(variant)[2]
         variant.update(achieved_tflops=variant_tflops,
                        fraction_of_peak=variant_tflops / peaks[precision])
 
-  if FLAGS.component in ('input', 'both'):
-    sizes = [int(size) for size in FLAGS.input_image_sizes]
-    if FLAGS.image_size not in sizes:
-      sizes.insert(0, FLAGS.image_size)
-    datasets = list(FLAGS.input_datasets)
-    if FLAGS.dataset not in datasets:
-      datasets.insert(0, FLAGS.dataset)
+  if settings.component in ('input', 'both'):
+    sizes = [int(size) for size in settings.input_image_sizes]
+    if settings.image_size not in sizes:
+      sizes.insert(0, settings.image_size)
+    datasets = list(settings.input_datasets)
+    if settings.dataset not in datasets:
+      datasets.insert(0, settings.dataset)
     table = []
     for dataset in datasets:
       for size in sizes:
         # As in Trainer: with the blur in the training step, the pipeline
         # does not blur.
         in_step = trainer_lib.blurs_in_training_step(
-            stage.augmentation, FLAGS.use_blur, size, FLAGS.blur_placement,
+            stage.augmentation, settings.use_blur, size, settings.blur_placement,
             on_accelerator)
-        input_blurs = FLAGS.use_blur and not in_step
-        if size == FLAGS.image_size:
+        input_blurs = settings.use_blur and not in_step
+        if size == settings.image_size:
           summary['input_blur'] = input_blurs
         rate, reason = time_input(
-            dataset, size, FLAGS.train_batch_size, stage.augmentation,
-            FLAGS.input_batches, FLAGS.input_warmup_batches, FLAGS.data_dir,
-            input_blurs, FLAGS.color_jitter_strength, FLAGS.cache_dataset)
+            dataset, size, settings.train_batch_size, stage.augmentation,
+            settings.input_batches, settings.input_warmup_batches, settings.data_dir,
+            input_blurs, settings.color_jitter_strength, settings.cache_dataset)
         table.append({'dataset': dataset, 'image_size': size,
                       'images_per_sec': rate, 'unavailable': reason})
         rows.append((f'input {dataset} {size}px',
                      f'{rate:.1f} images/s' if rate else 'unavailable',
                      reason or f'{stage.augmentation} augmentation, batch '
-                     f'{FLAGS.train_batch_size}'
+                     f'{settings.train_batch_size}'
                      f'{"" if input_blurs or stage.augmentation != "pretrain" else ", blur in the step"}'))
-        if dataset == FLAGS.dataset and size == FLAGS.image_size:
+        if dataset == settings.dataset and size == settings.image_size:
           summary['input_images_per_sec'] = rate
     summary['input_table'] = table
     if summary['images_per_sec'] and summary['input_images_per_sec']:
@@ -521,23 +478,11 @@ def run_benchmark():
       rows.append(('input / train', f'{summary["input_to_train_ratio"]:.2f}x',
                    'images/s of the input pipeline over the training step'))
 
-  print(f'tf_simclr benchmark: {FLAGS.train_mode}, ResNet-{FLAGS.resnet_depth} '
-        f'x{FLAGS.width_multiplier:g}, {FLAGS.image_size} px, batch '
-        f'{FLAGS.train_batch_size}, {FLAGS.precision}'
-        f'{", XLA" if FLAGS.jit_compile else ""}, {summary["device"]}')
+  print(f'tf_simclr benchmark: {settings.train_mode}, ResNet-{settings.resnet_depth} '
+        f'x{settings.width_multiplier:g}, {settings.image_size} px, batch '
+        f'{settings.train_batch_size}, {settings.precision}'
+        f'{", XLA" if settings.jit_compile else ""}, {summary["device"]}')
   width = max(len(row[0]) for row in rows) if rows else 0
   for name, value, note in rows:
     print(f'  {name:<{width}}  {value:<48} {note}')
   return summary
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  summary = run_benchmark()
-  sys.stdout.flush()
-  print(json.dumps(summary, sort_keys=True), flush=True)
-
-
-if __name__ == '__main__':
-  app.run(main)
