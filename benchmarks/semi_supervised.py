@@ -541,8 +541,8 @@ def split_arrays(dataset, split, image_size, limit=None, data_dir=None):
 
 def split_keys_and_labels(plan, split):
   """(keys, labels) of a split's examples, as tf_simclr.data reads them."""
-  from tf_simclr import data  # pylint: disable=import-outside-toplevel
-  return data._source(plan.dataset, plan.data_dir).keys_and_labels(split)  # pylint: disable=protected-access
+  from tf_simclr import sources  # pylint: disable=import-outside-toplevel
+  return sources.source(plan.dataset, plan.data_dir).keys_and_labels(split)
 
 
 def labeled_subset_keys(plan, fraction, seed):

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tf_simclr import data
+from tf_simclr import sources
 from tf_simclr import visualize
 
 
@@ -154,7 +155,7 @@ def test_labeled_subset_scans_the_split_once_over_many_epochs(monkeypatch):
   """The subset is kept after the first pass: later epochs do not re-read
   the whole split (which made 1 % finetuning input-bound)."""
   reads = tf.Variable(0, dtype=tf.int64)
-  source = data._source('synthetic', None)  # pylint: disable=protected-access
+  source = sources.source('synthetic', None)
   original_read = type(source).read
 
   def counting_read(self, split, shuffle_files, seed, input_context):
@@ -309,7 +310,7 @@ def test_fashion_mnist_offline_from_idx_files_goes_through_tfds(
   arrays = _make_idx_files(source_dir)
   data_dir = str(tmp_path / 'tfds')
   # As if Debian's package had put these files there: get_info prepares them.
-  monkeypatch.setattr(data, 'DEBIAN_FASHION_MNIST_DIR', source_dir)
+  monkeypatch.setattr(sources, 'DEBIAN_FASHION_MNIST_DIR', source_dir)
   info = data.get_info('fashion_mnist', data_dir)
   assert info.split_sizes == {'train': 30, 'test': 20}
   reference_info = tfds.builder('fashion_mnist').info  # TFDS's own builder.
