@@ -7,14 +7,18 @@
   labeled training input, the queries the evaluation input. Labels are read
   here only; they never reach a training loss.
 - `write_result`: result.json (atomically) and the eval/ TensorBoard scalars.
+- `evaluate_run`: all of it for a run.py Config's model (--mode=eval and the
+  end of train_then_eval).
 """
 
 import json
 import os
 
+from absl import logging
 import tensorflow as tf
 import tf_keras
 
+from tf_simclr import checkpoints
 from tf_simclr import data
 from tf_simclr import knn
 from tf_simclr import model as model_lib
@@ -111,3 +115,69 @@ def write_result(model_dir, result, eval_name=''):
       if key in result:
         tf.summary.scalar(f'eval/{key}', result[key])
   writer.flush()
+
+
+# ---------------------------------------------------------------- a run's evaluation
+def eval_input(config):
+  """--eval_split in inference order, center crops, every example."""
+  return data.InputConfig.of_run(
+      config, split=config.eval_split, augmentation='eval',
+      batch_size=config.eval_batch_size, subset='all',
+      is_training=False).replace(label_fraction=1.0)
+
+
+def encoder_knn(config, model, strategy, num_classes):
+  """knn_top_1 of a run: the bank is the train split's labeled images
+  (--label_fraction's subset, at most --knn_bank_size), the queries the eval
+  split (its first --eval_steps batches when set)."""
+  bank_input = data.InputConfig.of_run(
+      config, split=config.train_split, augmentation='eval',
+      batch_size=config.eval_batch_size, subset='labeled',
+      is_training=False).replace(cache=False)
+  return knn_top_1(
+      model, strategy, bank_input, eval_input(config).replace(cache=False),
+      num_classes, bank_size=config.knn_bank_size,
+      query_limit=(config.eval_steps * config.eval_batch_size
+                   if config.eval_steps else None))
+
+
+def evaluate_run(config, model, strategy, num_classes, *, global_step,
+                 knn_monitor=False, teacher=None, is_chief=True,
+                 checkpoint_path=None, require_checkpoint=False):
+  """Top-1 / top-5 of the supervised head on --eval_split (with a teacher,
+  the agreement; with knn_monitor, the encoder's kNN); writes result.json on
+  the chief. Returns the result dict, or None when there is nothing to
+  evaluate.
+
+  Args:
+    checkpoint_path: weights to evaluate (default: model_dir's latest; its
+      global step is read into `global_step`).
+    require_checkpoint: raise CheckpointError when there is none.
+  """
+  if not (model.has_supervised_head or knn_monitor):
+    logging.info('No supervised head: skipping evaluation.')
+    return None
+  if checkpoint_path is None:
+    checkpoint_path = checkpoints.latest_checkpoint(config.model_dir)
+  if require_checkpoint and not checkpoint_path:
+    raise checkpoints.CheckpointError(
+        f'no checkpoint to evaluate in {config.model_dir}')
+  if checkpoint_path:
+    tf.train.Checkpoint(model=model, global_step=global_step).read(
+        checkpoint_path).expect_partial()
+  result = {'global_step': int(global_step.numpy()),
+            'eval_split': config.eval_split, 'train_mode': config.train_mode}
+  if model.has_supervised_head:
+    result.update(evaluate_head(model, strategy, eval_input(config),
+                                num_classes, teacher=teacher,
+                                eval_steps=config.eval_steps))
+  if knn_monitor:
+    result['knn_top_1'] = encoder_knn(config, model, strategy, num_classes)
+  logging.info('eval on %s at step %d: %s', config.eval_split,
+               result['global_step'], ' '.join(
+                   f'{name}={result[name]:.4f}' for name in (
+                       'label_top_1_accuracy', 'label_top_5_accuracy',
+                       'knn_top_1', 'teacher_agreement') if name in result))
+  if is_chief:
+    write_result(config.model_dir, result, config.eval_name)
+  return result

@@ -470,64 +470,16 @@ class Trainer:
 
   # -------------------------------------------------------------- eval
   def evaluate(self, checkpoint_path=None, require_checkpoint=False):
-    """Top-1 / top-5 of the supervised head on --eval_split (and, for a
-    pretraining, the encoder's kNN accuracy); writes result.json. Returns the
-    result dict, or None when there is nothing to evaluate.
-
-    Args:
-      checkpoint_path: weights to evaluate (default: model_dir's latest).
-      require_checkpoint: raise CheckpointError when there is none.
-    """
-    config = self.config
-    if not (self.model.has_supervised_head or self.stage.knn_monitor):
-      logging.info('No supervised head: skipping evaluation.')
-      return None
-    if checkpoint_path is None:
-      checkpoint_path = checkpoints.latest_checkpoint(config.model_dir)
-    if require_checkpoint and not checkpoint_path:
-      raise checkpoints.CheckpointError(
-          f'no checkpoint to evaluate in {config.model_dir}')
-    if checkpoint_path:
-      tf.train.Checkpoint(model=self.model,
-                          global_step=self.global_step).read(
-                              checkpoint_path).expect_partial()
-    result = {'global_step': int(self.global_step.numpy()),
-              'eval_split': config.eval_split,
-              'train_mode': config.train_mode}
-    if self.model.has_supervised_head:
-      result.update(evaluation.evaluate_head(
-          self.model, self.strategy, self._eval_input(), self.num_classes,
-          teacher=self.teacher, eval_steps=config.eval_steps))
-    if self.stage.knn_monitor:
-      result['knn_top_1'] = self.knn_accuracy()
-    logging.info('eval on %s at step %d: %s', config.eval_split,
-                 result['global_step'], ' '.join(
-                     f'{name}={result[name]:.4f}' for name in (
-                         'label_top_1_accuracy', 'label_top_5_accuracy',
-                         'knn_top_1', 'teacher_agreement') if name in result))
-    if self.is_chief:
-      evaluation.write_result(config.model_dir, result, config.eval_name)
-    return result
-
-  def _eval_input(self):
-    return data.InputConfig.of_run(
-        self.config, split=self.config.eval_split, augmentation='eval',
-        batch_size=self.config.eval_batch_size, subset='all',
-        is_training=False).replace(label_fraction=1.0)
+    """evaluation.evaluate_run of this stage's model (default: model_dir's
+    latest checkpoint); writes result.json on the chief."""
+    return evaluation.evaluate_run(
+        self.config, self.model, self.strategy, self.num_classes,
+        global_step=self.global_step, knn_monitor=self.stage.knn_monitor,
+        teacher=self.teacher, is_chief=self.is_chief,
+        checkpoint_path=checkpoint_path,
+        require_checkpoint=require_checkpoint)
 
   def knn_accuracy(self):
-    """The encoder's weighted kNN top-1 (evaluation.knn_top_1): the bank is
-    the train split's labeled images (--label_fraction's subset, at most
-    --knn_bank_size), the queries the eval split (its first --eval_steps
-    batches when set)."""
-    config = self.config
-    bank_input = data.InputConfig.of_run(
-        config, split=config.train_split, augmentation='eval',
-        batch_size=config.eval_batch_size, subset='labeled',
-        is_training=False).replace(cache=False)
-    return evaluation.knn_top_1(
-        self.model, self.strategy, bank_input,
-        self._eval_input().replace(cache=False), self.num_classes,
-        bank_size=config.knn_bank_size,
-        query_limit=(config.eval_steps * config.eval_batch_size
-                     if config.eval_steps else None))
+    """The encoder's weighted kNN top-1 now (evaluation.encoder_knn)."""
+    return evaluation.encoder_knn(self.config, self.model, self.strategy,
+                                  self.num_classes)
