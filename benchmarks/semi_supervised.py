@@ -768,15 +768,8 @@ def read_scalars(model_dir, tags=PRETRAIN_TAGS):
 
 # ---------------------------------------------------------------- outputs
 def machine_info():
-  cpu = platform.processor() or 'unknown'
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          cpu = line.split(':', 1)[1].strip()
-          break
-  except OSError:
-    pass
+  from tf_simclr import distribute  # pylint: disable=import-outside-toplevel
+  cpu = distribute.cpu_model_name(platform.processor() or 'unknown')
   info = {'cpu': cpu, 'cores': os.cpu_count(),
           'python': platform.python_version(), 'platform': platform.platform()}
   try:

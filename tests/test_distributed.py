@@ -272,3 +272,11 @@ def test_cpu_has_fast_bfloat16_reads_the_cpu_flags(tmp_path, flags, expected):
   cpuinfo.write_text(f'processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n')
   assert distribute.cpu_has_fast_bfloat16(str(cpuinfo)) == expected
   assert not distribute.cpu_has_fast_bfloat16(str(tmp_path / 'missing'))
+
+
+def test_cpu_model_name_reads_cpuinfo_or_falls_back(tmp_path):
+  from tf_simclr import distribute  # pylint: disable=import-outside-toplevel
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text('processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t: fpu\n')
+  assert distribute.cpu_model_name('x', str(cpuinfo)) == 'AMD EPYC 9B14'
+  assert distribute.cpu_model_name('x', str(tmp_path / 'missing')) == 'x'

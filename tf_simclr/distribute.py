@@ -97,6 +97,18 @@ def precision_hint(precision, width_multiplier, strategy):
   return None
 
 
+def cpu_model_name(default, cpuinfo_path='/proc/cpuinfo'):
+  """The CPU's model name from /proc/cpuinfo (Linux), else `default`."""
+  try:
+    with open(cpuinfo_path) as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return default
+
+
 def cpu_has_fast_bfloat16(cpuinfo_path='/proc/cpuinfo'):
   """True when the CPU (Linux) has bfloat16 instructions; False when it
   has not or when that cannot be read."""

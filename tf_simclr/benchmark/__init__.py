@@ -137,15 +137,8 @@ def device_description():
   if gpus:
     details = tf.config.experimental.get_device_details(gpus[0])
     return f'{details.get("device_name", "GPU")} ({len(gpus)} GPU)'
-  name = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          name = line.split(':', 1)[1].strip()
-          break
-  except OSError:
-    pass
+  from tf_simclr import distribute  # pylint: disable=g-import-not-at-top
+  name = distribute.cpu_model_name(platform.processor() or platform.machine())
   return f'CPU: {name} ({os.cpu_count()} cores)'
 
 
