@@ -217,6 +217,24 @@ def run(argv):
     raise
 
 
+def run_in_process(argv):
+  """main() on a fresh parse of argv ([program, *flags]) in this process, as
+  the main job and the semi-supervised protocol run their stages (each stage
+  then costs its tracing, not a TensorFlow start-up and a scan of the
+  dataset's keys); returns main's summary. Errors propagate as exceptions;
+  the Keras session is cleared afterwards."""
+  import gc  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  FLAGS.unparse_flags()
+  FLAGS(argv)
+  logging.set_verbosity(logging.INFO)  # Reset by unparse_flags.
+  try:
+    return main(argv[:1])
+  finally:
+    tf_keras.backend.clear_session()
+    gc.collect()
+
+
 def parse_flags(argv):
   """absl's parser, with a bad flag reported as one line and exit 2."""
   try:

@@ -129,7 +129,7 @@ class Plan:
   temperature: float = 0.2
   color_jitter_strength: float = 0.5
   # The linear probe: the reference's linear evaluation.
-  linear_epochs: float = 1.0
+  linear_epochs: float = 3.0
   linear_batch: int = 512
   # Few-label training: batch and epochs per fraction (the same for the
   # baseline and finetuning: equal images seen), learning rates swept on
@@ -137,7 +137,7 @@ class Plan:
   few_label_batch: dict = dataclasses.field(
       default_factory=lambda: {0.001: 32, 0.01: 64, 0.1: 128})
   few_label_epochs: dict = dataclasses.field(
-      default_factory=lambda: {0.001: 120, 0.01: 30, 0.1: 5})
+      default_factory=lambda: {0.001: 120, 0.01: 30, 0.1: 10})
   # (In the run of commit 7278c84 the grid was {0.1, 0.4} for both arms: the
   # baseline chose 0.4, its top, at both swept fractions and finetuning 0.1,
   # its bottom; each grid moved one step that way, the same size.)
@@ -146,16 +146,20 @@ class Plan:
   # Fractions whose learning rates are swept; the others reuse the choice
   # made at the last swept fraction.
   sweep_fractions: tuple = (0.001, 0.01)
-  # Distillation on the pool (alpha 1, tau 1).
+  # Distillation on the pool (alpha 1, tau 1): epochs of the self-distilled
+  # student and of the half-width one.
   distill_batch: int = 128
-  distill_epochs: float = 0.4
+  distill_epochs: float = 0.6
+  distill_small_epochs: float = 0.4
   distill_learning_rate: float = 0.2
-  # Initialisations of the self-distilled student compared on validation:
-  # the pretrained network or its teacher (the finetuned network), with a
-  # new zero-initialised linear head either way ('scratch', a random
-  # network, is possible too: 55.9 % against 66.0 % from the pretraining on
-  # validation at 0.1 % in the run of commit 7278c84, so not tried again).
-  student_inits: tuple = ('pretrained', 'teacher')
+  # Initialisations of the self-distilled student compared on validation
+  # (with one candidate: no comparison run): the pretrained network or its
+  # teacher (the finetuned network), with a new zero-initialised linear head
+  # either way, or 'scratch' (a random network). On validation at 0.1 %:
+  # scratch 55.9 % against 66.0 % from the pretraining (the run of commit
+  # 7278c84), the teacher 71.10 % against 70.20 % from the pretraining (the
+  # run of commit 4488f32), so the teacher alone is kept.
+  student_inits: tuple = ('teacher',)
   label_seeds: dict = dataclasses.field(
       default_factory=lambda: {0.001: (0, 1, 2), 0.01: (0, 1, 2), 0.1: (0,)})
   logreg_cs: tuple = (0.1, 1.0)
@@ -196,7 +200,9 @@ class Plan:
         'linear_probe': steps_for(self.linear_epochs, self.pool_size,
                                   self.linear_batch),
         'distill': steps_for(self.distill_epochs, self.pool_size,
-                             self.distill_batch)}
+                             self.distill_batch),
+        'distill_small': steps_for(self.distill_small_epochs, self.pool_size,
+                                   self.distill_batch)}
     for fraction in FRACTIONS:
       steps[f'few_label@{fraction_key(fraction)}'] = steps_for(
           self.few_label_epochs[fraction],
@@ -225,18 +231,19 @@ class Plan:
     return len(rates) if fraction in self.sweep_fractions else 1
 
 
-# Rates of run.py stages measured on this project's 2-core CPU machine
-# (ResNet-18 width 0.125, 28 px, images/s of the training step; pretraining
-# counts images, each with two views) and the fixed cost of a stage run in
-# this process (tracing, input start-up, evaluation of the validation split).
-# Measured with python -m tf_simclr.benchmark on an idle 2-core AMD EPYC
-# with AVX2 (no AVX-512; oneDNN on): pretraining 322 images/s at batch 256,
-# finetuning 418 at batch 64, self-distillation 443 and the half-width
-# student 696 at batch 128 (the teacher's forward pass included).
-RATES = {'pretrain': 322.0, 'few_label': 418.0, 'linear_probe': 1000.0,
-         'distill': 443.0, 'distill_small': 696.0}
-STAGE_OVERHEAD_S = 22.0
+# Rates of run.py stages on this project's 2-core CPU machine (ResNet-18
+# width 0.125, 28 px, training images/s; pretraining counts images, each with
+# two views) and the fixed cost of a stage run in this process (tracing,
+# input start-up, the end-of-run evaluation), calibrated on the stage times
+# of the committed run of commit 4488f32 (an idle 2-core AMD EPYC with AVX2,
+# no AVX-512, oneDNN on; results.json's wall_time_s). A final run evaluates
+# the test split (10 000 images) where a candidate evaluates validation
+# (5 000): FINAL_EVAL_EXTRA_S more.
+RATES = {'pretrain': 400.0, 'few_label': 600.0, 'linear_probe': 2000.0,
+         'distill': 500.0, 'distill_small': 750.0}
+STAGE_OVERHEAD_S = 30.0
 TEST_EVAL_S = 10.0
+FINAL_EVAL_EXTRA_S = 3.0
 ANCHORS_S = 370.0  # Two logistic regressions on 55 000 x 784 pixels (the committed run: 374 s).
 
 
@@ -260,16 +267,20 @@ def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
       'self_distill': runs['self_distill'] * (
           steps['distill'] * plan.distill_batch / rates['distill'] + overhead),
       'distill_small': runs['distill_small'] * (
-          steps['distill'] * plan.distill_batch / rates['distill_small'] +
-          overhead),
-      'test_evaluations': TEST_EVAL_S * (2 + 4 * sum(seeds.values())),
+          steps['distill_small'] * plan.distill_batch / rates['distill_small']
+          + overhead),
+      # A separate test pass only for the chosen run of a sweep; a final run
+      # evaluates the test split instead of validation (no extra stage).
+      'test_evaluations': TEST_EVAL_S * (
+          2 * len(plan.sweep_fractions) + (len(plan.student_inits) > 1)) +
+                          FINAL_EVAL_EXTRA_S * (2 + 4 * sum(seeds.values())),
       'raw_pixel_anchors': ANCHORS_S,
   }
   if plan.memory_size:
     # The plain pretraining's budget again, its linear probe and finetunes.
     estimate['memory_arm'] = (
         estimate['pretrain'] + estimate['linear_probe'] + estimate['finetune']
-        + TEST_EVAL_S * (2 + sum(seeds.values())))
+        + TEST_EVAL_S * len(plan.sweep_fractions))
   estimate['total'] = sum(estimate.values())
   return estimate
 
@@ -287,6 +298,8 @@ def make_plan(scale=1, quick=False):
         supervised_learning_rates=(0.1, 0.4), finetune_learning_rates=(0.1, 0.4),
         sweep_fractions=(0.001,),
         distill_batch=32, distill_epochs=128 / plan.pool_size,
+        distill_small_epochs=128 / plan.pool_size,
+        student_inits=('pretrained', 'teacher'),
         label_seeds={0.001: (0, 1), 0.01: (0,), 0.1: (0,)},
         logreg_cs=(1.0,), eval_steps=2, knn_bank_size=2_000)
   if scale == 1:
@@ -296,7 +309,8 @@ def make_plan(scale=1, quick=False):
       pretrain_epochs=plan.pretrain_epochs * scale,
       linear_epochs=plan.linear_epochs * scale,
       few_label_epochs={f: e * scale for f, e in plan.few_label_epochs.items()},
-      distill_epochs=plan.distill_epochs * scale)
+      distill_epochs=plan.distill_epochs * scale,
+      distill_small_epochs=plan.distill_small_epochs * scale)
 
 
 # ---------------------------------------------------------------- flags of each stage
@@ -375,12 +389,15 @@ def student_init_checkpoint(init, pretrain_dir, teacher):
           'scratch': None}[init]
 
 
-def distill_flags(plan, model_dir, teacher, width, init_checkpoint=None):
-  """The student on the pool without labels (alpha 1, tau 1), SGD + momentum.
+def distill_flags(plan, model_dir, teacher, small=False, init_checkpoint=None):
+  """The student on the pool without labels (alpha 1, tau 1), SGD + momentum:
+  the teacher's architecture, or with small the half-width student.
   init_checkpoint: the pretraining or the teacher (the student then reads
   projection-head layer 1, like its teacher, through a new zero-initialised
   head) or None (a plain ResNet from scratch)."""
-  flags = common_flags(plan, width) + _duration(plan.steps()['distill']) + [
+  width = plan.student_width if small else plan.width
+  steps = plan.steps()['distill_small' if small else 'distill']
+  flags = common_flags(plan, width) + _duration(steps) + [
       '--train_mode=distill', f'--model_dir={model_dir}',
       f'--teacher_checkpoint={teacher}', '--distill_alpha=1',
       '--distill_temperature=1', f'--train_batch_size={plan.distill_batch}',
@@ -393,14 +410,17 @@ def distill_flags(plan, model_dir, teacher, width, init_checkpoint=None):
   return flags + ['--ft_proj_selector=0']
 
 
-def test_flags(flags):
-  """A stage's flags turned into a single evaluation of its model_dir on the
-  test split (result_test.json)."""
+def test_flags(flags, train=False):
+  """A stage's flags with its evaluation on the test split, whole, written
+  to result_test.json: a single evaluation of its model_dir, or with train
+  the training run itself evaluating the test split at its end (a final run,
+  whose validation score would choose nothing)."""
   kept = [f for f in flags if not f.startswith(('--mode=', '--eval_split=',
                                                 '--eval_name=',
                                                 '--eval_steps='))]
-  return kept + ['--mode=eval', f'--eval_split={TEST_SPLIT}',
-                 '--eval_name=test', '--eval_steps=0']
+  return kept + [f'--mode={"train_then_eval" if train else "eval"}',
+                 f'--eval_split={TEST_SPLIT}', '--eval_name=test',
+                 '--eval_steps=0']
 
 
 # ---------------------------------------------------------------- running stages
@@ -411,16 +431,7 @@ class StageFailed(RuntimeError):
 def _run_py_in_process(flags):
   """run.py's main() on `flags` in this process; returns its summary."""
   import run as run_py  # pylint: disable=import-outside-toplevel
-  import tf_keras  # pylint: disable=import-outside-toplevel
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  run_py.FLAGS.unparse_flags()
-  run_py.FLAGS(['run.py', *flags])
-  logging.set_verbosity(logging.INFO)  # Reset by unparse_flags.
-  try:
-    return run_py.main(['run.py'])
-  finally:
-    tf_keras.backend.clear_session()
-    gc.collect()
+  return run_py.run_in_process(['run.py', *flags])
 
 
 def _run_py_subprocess(flags, log_path):
@@ -492,9 +503,14 @@ class Stages:
     return self.run(name, flags)['result'][key]
 
   def test(self, name, flags):
-    """The one test-split evaluation of a final model."""
+    """The one test-split evaluation of a final model trained before."""
     return self.run(name + ':test', test_flags(flags), result_name='result_test'
                     )['result']
+
+  def train_and_test(self, name, flags):
+    """A final model trained and evaluated once, on the test split."""
+    return self.run(name, test_flags(flags, train=True),
+                    result_name='result_test')['result']
 
   def timings(self):
     """{stage: {'seconds', 'train_images_per_sec', 'overhead_s'}}: overhead
@@ -640,13 +656,13 @@ def run_protocol(plan, stages, echo=print):
                  and 'reused_from' not in choices[k]]
         rates = (choices[swept[-1]]['chosen'],)
       scores, flags_of = {}, {}
-      for rate in rates:
+      for rate in rates if len(rates) > 1 else ():
         name = f'{prefix}@{key}_seed{seeds[0]}_lr{rate:g}'
         flags_of[rate] = few_label_flags(plan, fraction, seeds[0],
                                          stages.model_dir(name), rate,
                                          checkpoint)
         scores[rate] = stages.validation_top_1(name, flags_of[rate])
-      rate = best_of(scores)
+      rate = best_of(scores) if scores else rates[0]
       choices[choice_key] = {
           'validation_top_1': {f'{r:g}': s for r, s in scores.items()},
           'chosen': rate}
@@ -655,16 +671,17 @@ def run_protocol(plan, stages, echo=print):
       per_seed = []
       for seed in seeds:
         name = f'{prefix}@{key}_seed{seed}_lr{rate:g}'
-        flags = (flags_of[rate] if seed == seeds[0] else few_label_flags(
-            plan, fraction, seed, stages.model_dir(name), rate, checkpoint))
-        stages.run(name, flags)
-        per_seed.append(stages.test(name, flags)['label_top_1_accuracy'])
+        if rate in flags_of and seed == seeds[0] and len(rates) > 1:
+          result = stages.test(name, flags_of[rate])  # Trained on the sweep.
+        else:
+          result = stages.train_and_test(name, few_label_flags(
+              plan, fraction, seed, stages.model_dir(name), rate, checkpoint))
+        per_seed.append(result['label_top_1_accuracy'])
         if arm == 'simclr':
           teachers[seed] = stages.model_dir(name)
       seeds_top_1[arm][key] = per_seed
     # Distillation of each seed's teacher on the pool, without labels.
-    for arm, width in (('self_distill', plan.width),
-                       ('distill_small', plan.student_width)):
+    for arm, small in (('self_distill', False), ('distill_small', True)):
       per_seed = []
       for seed in seeds:
         if arm == 'self_distill' and student_init is None:
@@ -677,9 +694,10 @@ def run_protocol(plan, stages, echo=print):
         name = f'{arm}@{key}_seed{seed}' + (
             f'_{student_init}' if arm == 'self_distill' else '')
         flags = distill_flags(plan, stages.model_dir(name), teachers[seed],
-                              width, init)
-        stages.run(name, flags)
-        result = stages.test(name, flags)
+                              small, init)
+        chosen_on = choices['self_distill_student_init'].get('run')
+        result = (stages.test(name, flags) if name == chosen_on else
+                  stages.train_and_test(name, flags))
         per_seed.append(result['label_top_1_accuracy'])
         agreement.setdefault(arm, {}).setdefault(key, []).append(
             result.get('teacher_agreement'))
@@ -694,21 +712,17 @@ def run_protocol(plan, stages, echo=print):
 
 
 def measure_pretraining(plan, stages, name, probe_name, memory=False):
-  """Runs a pretraining and its linear probe; returns the encoder's kNN
-  (validation and test), the pretraining's linear head and the probe's
-  top-1 (validation and test)."""
+  """Runs a pretraining and its linear probe, each evaluated on the test split
+  at its end (no choice is made on either); returns the encoder's kNN, the
+  pretraining's linear head and the probe's top-1."""
   model_dir = stages.model_dir(name)
-  flags = pretrain_flags(plan, model_dir, memory=memory)
-  validation = stages.run(name, flags)['result']
-  test = stages.test(name, flags)
+  test = stages.train_and_test(name, pretrain_flags(plan, model_dir,
+                                                    memory=memory))
   probe = linear_probe_flags(plan, stages.model_dir(probe_name), model_dir)
   return {
-      'validation_knn_top_1': validation['knn_top_1'],
       'knn_top_1': test['knn_top_1'],
       'pretrain_linear_head_top_1': test['label_top_1_accuracy'],
-      'validation_linear_probe_top_1': stages.validation_top_1(probe_name,
-                                                               probe),
-      'linear_probe_top_1': stages.test(probe_name, probe)[
+      'linear_probe_top_1': stages.train_and_test(probe_name, probe)[
           'label_top_1_accuracy'],
   }
 
@@ -733,17 +747,25 @@ def cached_raw_pixel_anchors(plan, stages, echo=print):
 
 def _choose_student_init(plan, stages, key, seed, teacher, pretrain_dir,
                          choices):
-  """The self-distilled student's start (plan.student_inits): each trained
-  once on the first cell, the best on validation kept."""
-  scores = {}
+  """The self-distilled student's start (plan.student_inits): with several,
+  each trained once on the first cell and the best on validation kept (its
+  run is then that cell's final run: 'run' in the record)."""
+  if len(plan.student_inits) == 1:
+    choices['self_distill_student_init'] = {
+        'validation_top_1': {}, 'chosen': plan.student_inits[0],
+        'chosen_at': 'an earlier run of this protocol (see Plan.student_inits)'}
+    return plan.student_inits[0]
+  scores, names = {}, {}
   for init in plan.student_inits:
-    name = f'self_distill@{key}_seed{seed}_{init}'
-    flags = distill_flags(plan, stages.model_dir(name), teacher, plan.width,
-                          student_init_checkpoint(init, pretrain_dir, teacher))
-    scores[init] = stages.validation_top_1(name, flags)
+    names[init] = f'self_distill@{key}_seed{seed}_{init}'
+    flags = distill_flags(plan, stages.model_dir(names[init]), teacher,
+                          init_checkpoint=student_init_checkpoint(
+                              init, pretrain_dir, teacher))
+    scores[init] = stages.validation_top_1(names[init], flags)
   chosen = best_of(scores)
   choices['self_distill_student_init'] = {
-      'validation_top_1': scores, 'chosen': chosen, 'chosen_at': key}
+      'validation_top_1': scores, 'chosen': chosen, 'chosen_at': key,
+      'run': names[chosen]}
   return chosen
 
 
@@ -858,7 +880,10 @@ def markdown_table(results):
     for name, choice in choices.items():
       scores = ', '.join(f'{k}: {100 * v:.2f}' for k, v in
                          choice['validation_top_1'].items())
-      text.append(f'- {name}: **{choice["chosen"]}** ({scores})')
+      source = (f'reused from {choice["reused_from"]}'
+                if 'reused_from' in choice else
+                f'chosen at {choice["chosen_at"]}' if not scores else scores)
+      text.append(f'- {name}: **{choice["chosen"]}** ({source})')
     text.append('')
   text += ['| stage | wall time (s) | training images/s |', '|---|---:|---:|']
   for name, entry in results['wall_time_s'].items():

@@ -180,17 +180,21 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
   supervised = semi.few_label_flags(plan, 0.01, 0, '/m', 0.8, 'scratch')
   assert '--checkpoint=scratch' in supervised
   assert '--ft_proj_selector=0' in supervised
-  small = semi.distill_flags(plan, '/m', '/t', plan.student_width)
+  small = semi.distill_flags(plan, '/m', '/t', small=True)
   assert f'--width_multiplier={plan.student_width}' in small
   assert not any(f.startswith('--checkpoint=') for f in small)
-  self_distill = semi.distill_flags(plan, '/m', '/t', plan.width, '/p')
+  self_distill = semi.distill_flags(plan, '/m', '/t', init_checkpoint='/p')
+  assert f'--width_multiplier={plan.width}' in self_distill
+  # The self-distilled student trains longer than the half-width one.
+  assert f'--train_steps={plan.steps()["distill"]}' in self_distill
+  assert f'--train_steps={plan.steps()["distill_small"]}' in small
   assert '--checkpoint=/p' in self_distill
   # The self-distilled student's starts compared on validation.
   assert [semi.student_init_checkpoint(init, '/p', '/t')
           for init in ('pretrained', 'teacher', 'scratch')] == ['/p', '/t', None]
   from_teacher = semi.distill_flags(
-      plan, '/m', '/t', plan.width,
-      semi.student_init_checkpoint('teacher', '/p', '/t'))
+      plan, '/m', '/t', init_checkpoint=semi.student_init_checkpoint(
+          'teacher', '/p', '/t'))
   assert '--checkpoint=/t' in from_teacher and '--teacher_checkpoint=/t' in (
       from_teacher)
   assert '--zero_init_logits_layer' in from_teacher
@@ -200,6 +204,64 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
     assert '--eval_split=test' in test and '--mode=eval' in test
     assert '--eval_name=test' in test
     assert not any(f.startswith('--eval_split=train') for f in test)
+    final = semi.test_flags(flags, train=True)  # Trains, then reads test.
+    assert '--mode=train_then_eval' in final and '--eval_split=test' in final
+    assert final.count('--eval_name=test') == 1
+
+
+class _FakeStages(semi.Stages):
+  """Records every stage's flags instead of running run.py; validation
+  scores favour one candidate of each sweep so the choice is visible."""
+
+  def __init__(self, work_dir):
+    super().__init__(work_dir, echo=lambda *_: None)
+    self.calls = []
+
+  def run(self, name, flags, result_name='result'):
+    if name in self.records:
+      return self.records[name]
+    self.calls.append((name, flags))
+    value = lambda flag: semi._flag_value(flags, flag)  # pylint: disable=unnecessary-lambda-assignment
+    score = 0.5 + 0.1 * ('lr0.1' in name or 'lr1.6' in name)
+    result = {'eval_split': value('eval_split'), 'label_top_1_accuracy': score,
+              'knn_top_1': 0.6, 'teacher_agreement': 0.9}
+    self.records[name] = {'seconds': 1.0, 'result': result, 'train': {}}
+    return self.records[name]
+
+
+def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
+    tmp_path, monkeypatch):
+  """Over the whole default protocol (stages faked): every final model of
+  every (arm, fraction, seed) is evaluated on the test split exactly once,
+  every run compared for a choice is evaluated on validation only, and the
+  chosen learning rate's run is the one tested."""
+  plan = semi.make_plan()
+  monkeypatch.setattr(semi, 'cached_raw_pixel_anchors',
+                      lambda *args, **kwargs: {})
+  stages = _FakeStages(str(tmp_path))
+  results = semi.run_protocol(plan, stages, echo=lambda *_: None)
+  tested = [name for name, flags in stages.calls
+            if '--eval_split=test' in flags]
+  validated = [name for name, flags in stages.calls
+               if f'--eval_split={plan.validation_split}' in flags]
+  assert len(tested) + len(validated) == len(stages.calls)
+  assert len(set(tested)) == len(tested)
+  finals = sum(len(plan.label_seeds[f]) for f in semi.FRACTIONS)
+  assert len(tested) == 2 + 4 * finals  # pretrain, probe; 4 arms per seed.
+  for name, flags in stages.calls:
+    if name in validated:  # A candidate: trained, never tested itself.
+      assert '--mode=train_then_eval' in flags
+  chosen = results['validation_choices']
+  for fraction in plan.sweep_fractions:
+    key = semi.fraction_key(fraction)
+    assert chosen[f'supervised_learning_rate@{key}']['chosen'] == 1.6
+    assert chosen[f'simclr_learning_rate@{key}']['chosen'] == 0.1
+    assert f'supervised@{key}_seed0_lr1.6:test' in tested
+    assert f'supervised@{key}_seed0_lr0.4:test' not in tested
+    assert f'supervised@{key}_seed0_lr0.4' in validated
+  assert 'finetune@0.1_seed0_lr0.1' in tested  # Reused rate: trained on test.
+  for arm in semi.ARMS:
+    assert set(results['top_1'][arm]) == {'0.001', '0.01', '0.1'}
 
 
 def test_memory_arm_gets_the_plain_pretraining_budget():

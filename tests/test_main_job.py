@@ -1,0 +1,95 @@
+"""The main job's driver (scripts/main_job.py): its output filter, summary
+line and log capture; end to end (slow) through `bash scripts/pipeline.sh`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from scripts import main_job
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_problems_keeps_warnings_and_errors_but_not_start_up_noise():
+  log = '\n'.join([
+      'I1202 01:46:31.598248 140 trainer.py:80] step 10/110 total_loss=5.1',
+      'E1202 01:46:31.598248 140 cuda_platform.cc:51] failed call to cuInit: '
+      'INTERNAL: CUDA error',
+      'W1202 01:46:32.000000 140 feature.py:3] `FeatureConnector.dtype` is '
+      'deprecated.',
+      'W1202 01:46:33.000000 140 checkpoints.py:9] checkpoint ckpt-4 does not '
+      'verify; using ckpt-2',
+      '/x/y.py:3: UserWarning: something the user should see',
+      'ERROR: a real failure',
+      'INFO: plain info'])
+  assert main_job.problems(log) == [
+      'W1202 01:46:33.000000 140 checkpoints.py:9] checkpoint ckpt-4 does not '
+      'verify; using ckpt-2',
+      '/x/y.py:3: UserWarning: something the user should see',
+      'ERROR: a real failure']
+
+
+def test_summary_line_names_what_the_stage_measured():
+  assert main_job.summary_line(
+      'pretrain (x)', {'knn_top_1': 0.70561, 'global_step': 110}, 143.4) == (
+          '== pretrain (x): encoder kNN 0.7056 at step 110 (143 s)')
+  assert main_job.summary_line('distill', {
+      'label_top_1_accuracy': 0.79594, 'teacher_agreement': 0.9741,
+      'global_step': 120}, 96) == (
+          '== distill: test top-1 0.7959, teacher agreement 0.974 at step 120 '
+          '(96 s)')
+
+
+def test_output_to_captures_python_and_file_descriptor_writes(tmp_path):
+  path = tmp_path / 'stage.log'
+  with main_job.output_to(str(path)):
+    print('from python stdout')
+    print('from python stderr', file=sys.stderr)
+    os.write(2, b'from fd 2, as C++ logging writes\n')
+  print('after')  # Restored: not in the log.
+  text = path.read_text()
+  assert text.splitlines() == ['from python stdout', 'from python stderr',
+                               'from fd 2, as C++ logging writes']
+
+
+def test_stages_take_sizes_from_the_environment():
+  stages = main_job.stages({'OUT': '/o', 'WIDTH': '0.25',
+                            'PRETRAIN_STEPS': '7', 'FINETUNE_EPOCHS': '3',
+                            'DISTILL_STEPS': '5'})
+  assert [name for name, _, _ in stages] == ['pretrain', 'finetune',
+                                             'distill']
+  flags = {name: flags for name, _, flags in stages}
+  assert '--train_steps=7' in flags['pretrain']
+  assert '--train_epochs=3' in flags['finetune']
+  assert '--checkpoint=/o/pretrain' in flags['finetune']
+  assert '--train_steps=5' in flags['distill']
+  assert '--teacher_checkpoint=/o/finetune' in flags['distill']
+  for stage_flags in flags.values():
+    assert '--width_multiplier=0.25' in stage_flags
+
+
+@pytest.mark.slow
+def test_pipeline_sh_runs_every_stage_in_one_process(tmp_path):
+  """`bash scripts/pipeline.sh` with tiny sizes: one line per stage, the
+  exports, no CUDA or start-up noise, every stage's log written."""
+  out = tmp_path / 'out'
+  env = dict(os.environ, SKIP_SETUP='1', OUT=str(out), PRETRAIN_STEPS='3',
+             FINETUNE_EPOCHS='0.05', DISTILL_STEPS='3')
+  completed = subprocess.run(['bash', 'scripts/pipeline.sh'], cwd=REPO,
+                             env=env, capture_output=True, text=True,
+                             timeout=1200, check=False)
+  assert completed.returncode == 0, completed.stdout + completed.stderr[-3000:]
+  lines = completed.stdout.splitlines()
+  assert [line.split(':')[0] for line in lines if line.startswith('==')] == [
+      '== pretrain (no labels; encoder kNN on the test split)',
+      '== finetune (10 % labels, from head layer 1)',
+      '== distill (self-distillation, no labels)', '== exports']
+  assert 'cuInit' not in completed.stdout + completed.stderr
+  for name in ('pretrain', 'finetune', 'distill'):
+    assert (out / f'{name}.log').stat().st_size > 0
+    assert json.loads((out / name / 'result.json').read_text())[
+        'global_step'] == 3 or name == 'finetune'
+  assert (out / 'distill' / 'hub' / 'proj_head_1').is_dir()
