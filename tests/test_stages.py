@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tf_simclr
+from tf_simclr import augment
 from tf_simclr import config as config_lib
 from tf_simclr import distribute
 from tf_simclr import model as model_lib
@@ -255,11 +256,11 @@ def test_distill_with_labels_trains_on_the_combined_loss(tmp_path,
 ])
 def test_blurs_in_training_step(placement, image_size, on_accelerator,
                                 expected):
-  assert trainer_lib.blurs_in_training_step(
+  assert augment.blurs_in_training_step(
       'pretrain', True, image_size, placement, on_accelerator) == expected
-  assert not trainer_lib.blurs_in_training_step(
+  assert not augment.blurs_in_training_step(
       'pretrain', False, image_size, placement, on_accelerator)
-  assert not trainer_lib.blurs_in_training_step(
+  assert not augment.blurs_in_training_step(
       'finetune', True, image_size, placement, on_accelerator)
 
 

@@ -334,6 +334,16 @@ def batch_gaussian_blur(images: tf.Tensor, sigma: tf.Tensor,
                       [2, 0, 1, 3])
 
 
+def blurs_in_training_step(augmentation, use_blur, image_size, placement,
+                           on_accelerator):
+  """True when pretraining's blur runs in the training step rather than in
+  the input pipeline: --blur_placement=device, or auto on a GPU or TPU (and
+  never at <= 32 px, where the paper does not blur)."""
+  return (augmentation == 'pretrain' and use_blur and
+          image_size > augment.SMALL_IMAGE_SIZE and
+          (placement == 'device' or (placement == 'auto' and on_accelerator)))
+
+
 def batch_random_blur(images: tf.Tensor, image_size: int,
                       probability: float = BLUR_PROBABILITY,
                       seed: Optional[tf.Tensor] = None) -> tf.Tensor:

@@ -233,6 +233,23 @@ def restore_latest(checkpoint, model_dir):
   return None
 
 
+def restore_for_training(checkpoint, model, model_dir, initial=None):
+  """A training run's start, in this order: resume `checkpoint` (the whole
+  run state) from model_dir's newest usable checkpoint; else the model's
+  weights from `initial` (--checkpoint: a run, a checkpoint prefix, a
+  SavedModel or a reference checkpoint; without its supervised head); else
+  nothing (config.SCRATCH_CHECKPOINT or None). Returns (how, prefix): how
+  is 'resumed', 'initialised' or 'scratch'; prefix what was read (or None).
+  """
+  latest = restore_latest(checkpoint, model_dir)
+  if latest:
+    return 'resumed', latest
+  if initial and initial != config_lib.SCRATCH_CHECKPOINT:
+    return 'initialised', restore_initial_weights(
+        model, initial, include_supervised_head=False)
+  return 'scratch', None
+
+
 def remove_partial_checkpoint(prefix):
   """Deletes what a failed write of `prefix` may have left (its _temp shard
   directory, index and data files). Only for a prefix no state file names."""

@@ -87,6 +87,28 @@ class InputConfig:
     return dataclasses.replace(self, **changes)
 
 
+def training_inputs(config, stage, blur_in_pipeline=True):
+  """(train input, labeled input or None) of a run.py stage (a stages.Stage):
+  the stage's augmentation and subset of --train_split; distillation reads
+  --unlabeled_split whole when given, and with --distill_alpha < 1 also the
+  labeled subset (finetune augmentation) for its supervised term. Without
+  blur_in_pipeline the training step blurs instead."""
+  train = InputConfig.of_run(
+      config, split=config.train_split, augmentation=stage.augmentation,
+      batch_size=config.train_batch_size, subset=stage.train_subset,
+      is_training=True)
+  if not blur_in_pipeline:
+    train = train.replace(use_blur=False)
+  if stage.needs_teacher and config.unlabeled_split:
+    train = train.replace(split=config.unlabeled_split, subset='all')
+  labeled = None
+  if stage.needs_teacher and config.distill_alpha < 1:
+    labeled = InputConfig.of_run(
+        config, split=config.train_split, augmentation='finetune',
+        batch_size=config.train_batch_size, subset='labeled', is_training=True)
+  return train, labeled
+
+
 def label_subset_mask(keys, labels, num_classes: int, fraction: float,
                       seed: int) -> np.ndarray:
   """bool [N]: a class-balanced subset of the examples.

@@ -1,6 +1,7 @@
 """tf.distribute strategy from a name: default, mirrored, multi_worker_mirrored, tpu."""
 
 import tensorflow as tf
+import tf_keras
 from official.common import distribute_utils
 
 
@@ -82,6 +83,17 @@ FAST_BFLOAT16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 # 256), where oneDNN's bfloat16 kernels lose on 8-64 channels. Widths in
 # between were not measured; the hint is given only where it was faster.
 BFLOAT16_FASTER_FROM_WIDTH = 1.0
+
+
+PRECISION_POLICIES = {'float32': 'float32', 'bfloat16': 'mixed_bfloat16',
+                      'float16': 'mixed_float16'}
+
+
+def set_precision_policy(precision):
+  """Keras's global dtype policy for --precision (float32, bfloat16 or
+  float16: the mixed policies compute in half precision, keep float32
+  variables)."""
+  tf_keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
 
 
 def precision_hint(precision, width_multiplier, strategy):

@@ -26,7 +26,9 @@ class ModelDirLock:
   so it ends with the process however the process ends (SIGKILL, a crash,
   a lost machine's NFS lease aside): a lock left by a killed process is no
   lock, and the next run takes it over. The file records who holds it (pid,
-  host, start time, command) for the message a second process gets. Only
+  host, start time, command) for the message a second process gets; a run
+  that ends normally clears the record, so one found on taking the lock is
+  a killed run's (logged as taken over). Only
   training takes it: evaluating or exporting a model_dir in use is allowed.
   Object stores (gs://...) have no flock; there the lock is skipped.
 
@@ -37,6 +39,7 @@ class ModelDirLock:
     self.model_dir = model_dir
     self.path = os.path.join(model_dir, LOCK_NAME)
     self._file = None
+    self._recorded = False
 
   def __enter__(self):
     self.acquire()
@@ -45,8 +48,10 @@ class ModelDirLock:
   def __exit__(self, *unused):
     self.release()
 
-  def acquire(self):
-    """Raises ModelDirInUse naming the holder when another process has it."""
+  def acquire(self, record=True):
+    """Raises ModelDirInUse naming the holder when another process has it.
+    With record, writes this process as the holder (training); without, only
+    checks (the record found is left as it is)."""
     try:
       import fcntl  # pylint: disable=import-outside-toplevel
     except ImportError:  # Not a POSIX system.
@@ -65,6 +70,9 @@ class ModelDirLock:
       raise ModelDirInUse(
           f'--model_dir {self.model_dir} is in use: {holder}; wait for it to '
           'finish or train into another --model_dir') from None
+    self._file = handle
+    if not record:
+      return
     previous = _read_holder(handle, default=None)
     if previous:
       logging.info('%s: taking over the lock of %s (no longer running)',
@@ -75,12 +83,16 @@ class ModelDirLock:
                'since': time.strftime('%Y-%m-%d %H:%M:%S'),
                'command': ' '.join(sys.argv)}, handle)
     handle.flush()
-    self._file = handle
+    self._recorded = True
 
   def release(self):
     if self._file is not None:
+      if self._recorded:  # Ended normally: no holder left on record.
+        self._file.seek(0)
+        self._file.truncate()
       self._file.close()  # Closing the descriptor releases the flock.
       self._file = None
+      self._recorded = False
 
 
 def _read_holder(handle, default='another process'):
@@ -107,7 +119,7 @@ def check_free(model_dir):
   if not is_chief_from_environment():
     return
   lock = ModelDirLock(model_dir)
-  lock.acquire()
+  lock.acquire(record=False)
   lock.release()
 
 

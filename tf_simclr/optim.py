@@ -154,6 +154,31 @@ def build_optimizer(name, learning_rate, model, momentum=0.9, weight_decay=0.0):
                    f'got {name!r}')
 
 
+def build_for_run(config, model, num_examples, total_steps):
+  """A run's optimizer and its learning-rate schedule: the peak rate scaled
+  to the global batch, warm-up then cosine to total_steps, the config's
+  optimizer, wrapped for loss scaling with float16. Returns (optimizer,
+  schedule)."""
+  peak = scaled_learning_rate(config.learning_rate, config.train_batch_size,
+                              config.learning_rate_scaling)
+  warmup = steps_from_epochs(config.warmup_epochs, num_examples,
+                             config.train_batch_size)
+  schedule = WarmUpAndCosineDecay(peak, warmup, total_steps)
+  optimizer = build_optimizer(config.optimizer, schedule, model,
+                              momentum=config.momentum,
+                              weight_decay=config.weight_decay)
+  if config.precision == 'float16':
+    optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+  return optimizer, schedule
+
+
+def optimizer_variables(optimizer):
+  """The optimizer's own variables (slots, iterations), in either Keras
+  optimizer API."""
+  variables = getattr(optimizer, 'variables', [])
+  return list(variables() if callable(variables) else variables)
+
+
 def weight_decay_loss(model, optimizer_name, weight_decay):
   """The L2 term added to the loss.
 

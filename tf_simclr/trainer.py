@@ -52,25 +52,6 @@ TrainingError = preemption.TrainingError
 Preempted = preemption.Preempted
 
 
-def blurs_in_training_step(augmentation, use_blur, image_size, placement,
-                           on_accelerator):
-  """True when pretraining's blur runs in the training step rather than in
-  the input pipeline: --blur_placement=device, or auto on a GPU or TPU (and
-  never at <= 32 px, where the paper does not blur)."""
-  return (augmentation == 'pretrain' and use_blur and
-          image_size > augment.SMALL_IMAGE_SIZE and
-          (placement == 'device' or (placement == 'auto' and on_accelerator)))
-
-
-PRECISION_POLICIES = {'float32': 'float32', 'bfloat16': 'mixed_bfloat16',
-                      'float16': 'mixed_float16'}
-
-
-def _variables_of(optimizer):
-  variables = getattr(optimizer, 'variables', [])
-  return list(variables() if callable(variables) else variables)
-
-
 class Trainer:
   """One stage of SimCLRv2 on one model_dir.
 
@@ -100,8 +81,7 @@ class Trainer:
                                    config.train_batch_size))
     self.steps_per_loop = config.steps_per_loop or min(
         self.checkpoint_interval, 100)
-    tf_keras.mixed_precision.set_global_policy(
-        PRECISION_POLICIES[config.precision])
+    distribute.set_precision_policy(config.precision)
     with strategy.scope():
       self._setup_model()
     # Raised by the main thread on SIGTERM/SIGINT; read before every step.
@@ -111,34 +91,21 @@ class Trainer:
         self.checkpoint, directory=self._checkpoint_dir(),
         max_to_keep=config.keep_checkpoint_max, step_counter=self.global_step)
     self.saver = checkpoints.SafeSaver(self.manager, lambda: (
-        list(self.model.variables) + _variables_of(self.optimizer)))
+        list(self.model.variables) + optim.optimizer_variables(self.optimizer)))
 
   # -------------------------------------------------------------- setup
   def _setup_inputs(self):
     config, stage = self.config, self.stage
     # Pretraining's blur in the training step instead of the input pipeline:
     # the same views, but the accelerator does the work, not the host CPU.
-    self.blur_on_device = blurs_in_training_step(
+    self.blur_on_device = augment.blurs_in_training_step(
         stage.augmentation, config.use_blur, config.image_size,
         config.blur_placement, distribute.runs_on_accelerator(self.strategy))
     # Stateless blur draws: seeded by (this, step, replica).
     self._blur_seed = (config.seed if config.deterministic
                        else random.randrange(2**31))
-    self.train_input = data.InputConfig.of_run(
-        config, split=config.train_split, augmentation=stage.augmentation,
-        batch_size=config.train_batch_size, subset=stage.train_subset,
-        is_training=True)
-    if self.blur_on_device:
-      self.train_input = self.train_input.replace(use_blur=False)
-    if stage.needs_teacher and config.unlabeled_split:
-      self.train_input = self.train_input.replace(
-          split=config.unlabeled_split, subset='all')
-    self.labeled_input = None
-    if stage.needs_teacher and config.distill_alpha < 1:
-      self.labeled_input = data.InputConfig.of_run(
-          config, split=config.train_split, augmentation='finetune',
-          batch_size=config.train_batch_size, subset='labeled',
-          is_training=True)
+    self.train_input, self.labeled_input = data.training_inputs(
+        config, stage, blur_in_pipeline=not self.blur_on_device)
     self.num_train_examples = data.num_examples(self.train_input)
 
   def _setup_model(self):
@@ -156,20 +123,8 @@ class Trainer:
                                if stage.freezes_blocks else -1),
         supervised_training=stage.supervised_training,
         zero_init_logits_layer=config.zero_init_logits_layer)
-    peak = optim.scaled_learning_rate(config.learning_rate,
-                                      config.train_batch_size,
-                                      config.learning_rate_scaling)
-    warmup = optim.steps_from_epochs(config.warmup_epochs,
-                                     self.num_train_examples,
-                                     config.train_batch_size)
-    self.learning_rate = optim.WarmUpAndCosineDecay(peak, warmup,
-                                                    self.total_steps)
-    self.optimizer = optim.build_optimizer(
-        config.optimizer, self.learning_rate, self.model,
-        momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.precision == 'float16':
-      self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(
-          self.optimizer)
+    self.optimizer, self.learning_rate = optim.build_for_run(
+        config, self.model, self.num_train_examples, self.total_steps)
     self.global_step = self.optimizer.iterations
     # SimCLRv2's memory of negatives: a momentum copy of the network and
     # its buffer, checkpointed with the model.
@@ -224,26 +179,23 @@ class Trainer:
     return how
 
   def _restore_weights(self):
-    latest = checkpoints.restore_latest(self.checkpoint, self.config.model_dir)
-    if latest:
-      step = int(self.global_step.numpy())
-      self.saver.saved(step)
-      logging.info('Resuming from %s at step %d', latest, step)
-      return 'resumed'
-    if self.config.checkpoint == config_lib.SCRATCH_CHECKPOINT:
+    how, prefix = checkpoints.restore_for_training(
+        self.checkpoint, self.model, self.config.model_dir,
+        self.config.checkpoint)
+    if how == 'resumed':
+      self.saver.saved(int(self.global_step.numpy()))
+      logging.info('Resuming from %s at step %d', prefix,
+                   int(self.global_step.numpy()))
+    elif how == 'initialised':
+      logging.info('Starting from the weights of %s', prefix)
+    elif self.config.checkpoint == config_lib.SCRATCH_CHECKPOINT:
       logging.info('--checkpoint=scratch: training from a random '
                    'initialisation')
-      return 'scratch'
-    if self.config.checkpoint:
-      prefix = checkpoints.restore_initial_weights(
-          self.model, self.config.checkpoint, include_supervised_head=False)
-      logging.info('Starting from the weights of %s', prefix)
-      return 'initialised'
-    if self.stage.needs_initial_weights:
+    elif self.stage.needs_initial_weights:
       raise config_lib.ConfigError(
           f'--train_mode={self.stage.name} needs --checkpoint (a pretrain '
           f'model_dir or checkpoint) when --model_dir has no checkpoint')
-    return 'scratch'
+    return how
 
   # -------------------------------------------------------------- step
   def replica_step(self, batch, labeled_batch=None):

@@ -321,6 +321,7 @@ def run_benchmark(settings, parse_value):
   values, python -m tf_simclr.benchmark --help lists them; parse_value:
   parse_variant's parser); prints the table and returns the JSON summary."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tf_simclr import augment  # pylint: disable=g-import-not-at-top
   from tf_simclr import distribute  # pylint: disable=g-import-not-at-top
   from tf_simclr import stages  # pylint: disable=g-import-not-at-top
   from tf_simclr import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -445,7 +446,7 @@ def run_benchmark(settings, parse_value):
       for size in sizes:
         # As in Trainer: with the blur in the training step, the pipeline
         # does not blur.
-        in_step = trainer_lib.blurs_in_training_step(
+        in_step = augment.blurs_in_training_step(
             stage.augmentation, settings.use_blur, size, settings.blur_placement,
             on_accelerator)
         input_blurs = settings.use_blur and not in_step
