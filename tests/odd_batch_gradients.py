@@ -75,7 +75,7 @@ def gradient_function(model, image_size):
   def gradients(images):
     with tf.GradientTape() as tape:
       features = model(images, training=True)['final_avg_pool']
-      # Not the sum(features ** 2): BN keeps the batch's normalised
+      # Not the reported sum(features ** 2): BN keeps the batch's normalised
       # features at unit variance, so that loss nearly cancels out and its
       # gradient is mostly rounding noise. A random linear function is not.
       loss = tf.reduce_sum(features * tf.random.stateless_normal(

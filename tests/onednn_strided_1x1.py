@@ -1,6 +1,6 @@
 """oneDNN's strided 1x1 convolution weight gradient, against NumPy.
 
-The TensorFlow bug behind issue 16, in a few lines, and the check that
+The TensorFlow bug behind the odd-batch hub fine-tuning crash, in a few lines, and the check that
 resnet.StridedPointwiseConv2D avoids it:
 
   TF_ENABLE_ONEDNN_OPTS=1 python tests/onednn_strided_1x1.py

@@ -1,4 +1,4 @@
-"""Training at odd batch sizes under oneDNN (issue 16).
+"""Training at odd batch sizes under oneDNN (the hub fine-tuning crash).
 
 TensorFlow 2.20's CPU build with oneDNN (on by default on CPUs with AVX-512
 VNNI/BF16 or AMX; TF_ENABLE_ONEDNN_OPTS=1 elsewhere) runs the weight gradient
@@ -183,7 +183,7 @@ def test_hub_modules_fine_tune_with_an_odd_last_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_hub_modules_fine_tune_on_the_issue_size(tmp_path):
-  """The issue's case: 1,497 images at batch 64 (last batch 25)."""
+def test_hub_modules_fine_tune_on_the_reported_size(tmp_path):
+  """The reported case: 1,497 images at batch 64 (last batch 25)."""
   _finish(_start(['-c', textwrap.dedent(HUB_FIT), str(tmp_path / 'export'),
                   '1497', '64']), timeout=900)

@@ -117,8 +117,8 @@ class FixedPadding(tf_keras.layers.Layer):
 # or with TF_ENABLE_ONEDNN_OPTS=1) computes the weight gradient of a strided
 # NHWC convolution wrong when the input has fewer channels than its channel
 # block, 8 with AVX2 and 16 with AVX-512, and with AVX-512 writes past its
-# workspace, corrupting the heap (uxlfoundation/oneDNN issue 6035; our issue
-# 16). Projection shortcuts are such convolutions at widths below 0.25.
+# workspace, corrupting the heap (uxlfoundation/oneDNN issue 6035: hub
+# fine-tuning of a width-1/8 export aborted at an odd batch). Projection shortcuts are such convolutions at widths below 0.25.
 ONEDNN_1X1_CHANNEL_BLOCK = 16
 
 
