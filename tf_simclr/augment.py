@@ -340,7 +340,7 @@ def blurs_in_training_step(augmentation, use_blur, image_size, placement,
   the input pipeline: --blur_placement=device, or auto on a GPU or TPU (and
   never at <= 32 px, where the paper does not blur)."""
   return (augmentation == 'pretrain' and use_blur and
-          image_size > augment.SMALL_IMAGE_SIZE and
+          image_size > SMALL_IMAGE_SIZE and
           (placement == 'device' or (placement == 'auto' and on_accelerator)))
 
 
