@@ -188,7 +188,7 @@ def main(argv):
   return summary
 
 
-def _user_errors():
+def user_errors():
   """Exceptions that mean bad flags or input: reported as one line, exit 2."""
   from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
   from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -205,7 +205,7 @@ def run(argv):
       print(f'run.py: error: {error}', file=sys.stderr)
       sys.exit(2)
     from tf_simclr import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-    if isinstance(error, _user_errors()):
+    if isinstance(error, user_errors()):
       print(f'run.py: error: {error}', file=sys.stderr)
       sys.exit(2)
     if isinstance(error, trainer_lib.Preempted):

@@ -10,7 +10,8 @@ OUT/<stage>.log; the terminal gets one line per stage with its test-split
 result and time, and under it the stage's warnings and errors, without the
 messages every CPU-only TensorFlow start prints. Sizes come from the
 environment: OUT, WIDTH, PRETRAIN_STEPS, FINETUNE_EPOCHS, DISTILL_STEPS.
-Exit status 0, or 1 when a stage fails (its log's last lines are shown).
+Exit status 0; 2 when a stage rejects its flags or input (one line); 1 when
+a stage fails otherwise (its log's last lines are shown).
 """
 
 import contextlib
@@ -137,6 +138,7 @@ def main():
   import run as run_py  # pylint: disable=import-outside-toplevel
   out = os.environ.get('OUT', 'runs/fashion_mnist')
   os.makedirs(out, exist_ok=True)
+  from absl import flags as absl_flags  # pylint: disable=import-outside-toplevel
   for name, title, flags in stages(os.environ):
     started = time.time()
     log_path = os.path.join(out, f'{name}.log')
@@ -146,12 +148,19 @@ def main():
         run_py.run_in_process(['run.py', *flags])
       except BaseException as error:  # pylint: disable=broad-except
         failed = error
-        logging.exception('stage %s failed', name)
+        bad_input = isinstance(error, (absl_flags.Error,) +
+                               run_py.user_errors())
+        if not bad_input:
+          logging.exception('stage %s failed', name)
     with open(log_path) as f:
       log_text = f.read()
     if failed is not None:
-      print(f'== {title}: FAILED: {type(failed).__name__}: {failed} '
-            f'(log: {log_path})', file=sys.stderr)
+      # Bad flags or input: one line, exit 2 (as run.py). Anything else:
+      # the log's last lines (its traceback), exit 1.
+      print(f'== {title}: FAILED: {failed} (log: {log_path})',
+            file=sys.stderr)
+      if bad_input:
+        return 2
       print('\n'.join(log_text.splitlines()[-20:]), file=sys.stderr)
       return 1
     for line in problems(log_text):

@@ -77,7 +77,7 @@ def test_pipeline_sh_runs_every_stage_in_one_process(tmp_path):
   exports, no CUDA or start-up noise, every stage's log written."""
   out = tmp_path / 'out'
   env = dict(os.environ, SKIP_SETUP='1', OUT=str(out), PRETRAIN_STEPS='3',
-             FINETUNE_EPOCHS='0.05', DISTILL_STEPS='3')
+             FINETUNE_EPOCHS='1', DISTILL_STEPS='3')
   completed = subprocess.run(['bash', 'scripts/pipeline.sh'], cwd=REPO,
                              env=env, capture_output=True, text=True,
                              timeout=1200, check=False)
@@ -91,5 +91,17 @@ def test_pipeline_sh_runs_every_stage_in_one_process(tmp_path):
   for name in ('pretrain', 'finetune', 'distill'):
     assert (out / f'{name}.log').stat().st_size > 0
     assert json.loads((out / name / 'result.json').read_text())[
-        'global_step'] == 3 or name == 'finetune'
+        'global_step'] == (47 if name == 'finetune' else 3)  # 6000 / 128.
+  assert (out / 'distill' / 'hub' / 'proj_head_1').is_dir()
+  # Bad input in a stage: one line naming it, exit 2, nothing lost.
+  env['FINETUNE_EPOCHS'] = '0.5'
+  bad = subprocess.run(['bash', 'scripts/pipeline.sh'], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=1200,
+                       check=False)
+  assert bad.returncode == 2, bad.stdout + bad.stderr[-3000:]
+  assert bad.stderr.strip().splitlines() == [
+      f'== finetune (10 % labels, from head layer 1): FAILED: flag '
+      f"--train_epochs=0.5: invalid literal for int() with base 10: '0.5' "
+      f'(log: {out}/finetune.log)']
+  assert 'Traceback' not in bad.stdout + bad.stderr
   assert (out / 'distill' / 'hub' / 'proj_head_1').is_dir()
