@@ -671,7 +671,7 @@ def run_protocol(plan, stages, echo=print):
       per_seed = []
       for seed in seeds:
         name = f'{prefix}@{key}_seed{seed}_lr{rate:g}'
-        if rate in flags_of and seed == seeds[0] and len(rates) > 1:
+        if rate in flags_of and seed == seeds[0]:
           result = stages.test(name, flags_of[rate])  # Trained on the sweep.
         else:
           result = stages.train_and_test(name, few_label_flags(

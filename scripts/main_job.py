@@ -85,9 +85,12 @@ def output_to(path):
     os.close(saved[1])
 
 
+DEFAULT_OUT = 'runs/fashion_mnist'
+
+
 def stages(env):
   """[(name, title, run.py flags)] of the main job, sizes from env."""
-  out = env.get('OUT', 'runs/fashion_mnist')
+  out = env.get('OUT', DEFAULT_OUT)
   common = ['--dataset=fashion_mnist', '--image_size=28', '--resnet_depth=18',
             f'--width_multiplier={env.get("WIDTH", "0.125")}',
             '--eval_split=test', '--eval_batch_size=1000',
@@ -136,7 +139,7 @@ def main():
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.use_absl_handler()  # absl's W/E line prefixes, as run.py prints.
   import run as run_py  # pylint: disable=import-outside-toplevel
-  out = os.environ.get('OUT', 'runs/fashion_mnist')
+  out = os.environ.get('OUT', DEFAULT_OUT)
   os.makedirs(out, exist_ok=True)
   from absl import flags as absl_flags  # pylint: disable=import-outside-toplevel
   for name, title, flags in stages(os.environ):

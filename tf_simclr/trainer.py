@@ -183,9 +183,9 @@ class Trainer:
         self.checkpoint, self.model, self.config.model_dir,
         self.config.checkpoint)
     if how == 'resumed':
-      self.saver.saved(int(self.global_step.numpy()))
-      logging.info('Resuming from %s at step %d', prefix,
-                   int(self.global_step.numpy()))
+      step = int(self.global_step.numpy())
+      self.saver.saved(step)
+      logging.info('Resuming from %s at step %d', prefix, step)
     elif how == 'initialised':
       logging.info('Starting from the weights of %s', prefix)
     elif self.config.checkpoint == config_lib.SCRATCH_CHECKPOINT:
