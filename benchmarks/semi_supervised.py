@@ -18,7 +18,9 @@ Arms, each the same ResNet-18 (width 0.125, CIFAR stem, 28 px):
                  the subset from projection-head layer 1 (the teacher);
   self_distill   the teacher distilled into the same architecture on the
                  pool, no labels (SimCLRv2's final model);
-  distill_small  the teacher distilled into a half-width student.
+  distill_small  the teacher distilled into a half-width student (from
+                 scratch or from a half-width pretraining of its own on the
+                 pool, chosen on validation).
 The encoder is also measured without finetuning: weighted kNN (k 200, cosine)
 and the linear probe (--fine_tune_after_block=4, the reference's linear
 evaluation), against logistic regression and the same kNN on raw pixels.
@@ -26,7 +28,7 @@ evaluation), against logistic regression and the same kNN on raw pixels.
 Every choice is made on the validation split: the learning rate of the
 supervised baseline and of finetuning (the same number of candidates each,
 per fraction, at label seed 0, then reused for seeds 1 and 2), the
-self-distilled student's initialisation, the raw-pixel regression's C. The
+students' initialisations, the raw-pixel regression's C. The
 test split is read once per final model (`--mode=eval --eval_split=test`).
 
 Every stage is run.py's own `main` with run.py flags; by default all of them
@@ -124,7 +126,7 @@ class Plan:
   image_size: int = 28
   # Pretraining (NT-Xent on the pool, LARS, no blur at 28 px).
   pretrain_batch: int = 256
-  pretrain_epochs: float = 5.0
+  pretrain_epochs: float = 12.0
   pretrain_learning_rate: float = 1.0
   temperature: float = 0.2
   color_jitter_strength: float = 0.5
@@ -138,11 +140,12 @@ class Plan:
       default_factory=lambda: {0.001: 32, 0.01: 64, 0.1: 128})
   few_label_epochs: dict = dataclasses.field(
       default_factory=lambda: {0.001: 120, 0.01: 30, 0.1: 10})
-  # (In the run of commit 7278c84 the grid was {0.1, 0.4} for both arms: the
-  # baseline chose 0.4, its top, at both swept fractions and finetuning 0.1,
-  # its bottom; each grid moved one step that way, the same size.)
-  supervised_learning_rates: tuple = (0.4, 1.6)
-  finetune_learning_rates: tuple = (0.025, 0.1)
+  # Three rates 4x apart each, centred on what validation chose before: the
+  # baseline took the top of {0.1, 0.4} (commit 7278c84) and of {0.4, 1.6}
+  # (aa3534f) at both swept fractions; finetuning the bottom of {0.1, 0.4},
+  # then 0.025 of {0.025, 0.1} at 0.1 % and 0.1 at 1 %.
+  supervised_learning_rates: tuple = (0.4, 1.6, 6.4)
+  finetune_learning_rates: tuple = (0.0125, 0.05, 0.2)
   # Fractions whose learning rates are swept; the others reuse the choice
   # made at the last swept fraction.
   sweep_fractions: tuple = (0.001, 0.01)
@@ -150,7 +153,7 @@ class Plan:
   # student and of the half-width one.
   distill_batch: int = 128
   distill_epochs: float = 0.6
-  distill_small_epochs: float = 0.4
+  distill_small_epochs: float = 0.6
   distill_learning_rate: float = 0.2
   # Initialisations of the self-distilled student compared on validation
   # (with one candidate: no comparison run): the pretrained network or its
@@ -160,6 +163,13 @@ class Plan:
   # 7278c84), the teacher 71.10 % against 70.20 % from the pretraining (the
   # run of commit 4488f32), so the teacher alone is kept.
   student_inits: tuple = ('teacher',)
+  # The half-width student's starts, compared on validation at 0.1 %, seed 0
+  # (it cannot start from its teacher, twice as wide): 'scratch' or
+  # 'pretrained', a half-width network pretrained on the pool like the
+  # teacher's (the same recipe, student_pretrain_epochs; run only when a
+  # candidate needs it) with a new zero-initialised head on its layer 1.
+  small_student_inits: tuple = ('scratch', 'pretrained')
+  student_pretrain_epochs: float = 6.0
   label_seeds: dict = dataclasses.field(
       default_factory=lambda: {0.001: (0, 1, 2), 0.01: (0, 1, 2), 0.1: (0,)})
   logreg_cs: tuple = (0.1, 1.0)
@@ -194,6 +204,8 @@ class Plan:
     steps = {
         'pretrain': steps_for(self.pretrain_epochs, self.pool_size,
                               self.pretrain_batch),
+        'pretrain_small': steps_for(self.student_pretrain_epochs,
+                                    self.pool_size, self.pretrain_batch),
         'pretrain_memory': steps_for(
             self.pretrain_epochs / self.memory_step_cost, self.pool_size,
             self.pretrain_batch),
@@ -222,7 +234,8 @@ class Plan:
                       seeds,
         'finetune': finetunes,
         'self_distill': seeds + len(self.student_inits) - 1,
-        'distill_small': seeds,
+        'distill_small': seeds + len(self.small_student_inits) - 1,
+        'pretrain_small': int('pretrained' in self.small_student_inits),
         'pretrain_memory': memory, 'linear_probe_memory': memory,
         'finetune_memory': memory * finetunes}
 
@@ -231,20 +244,23 @@ class Plan:
     return len(rates) if fraction in self.sweep_fractions else 1
 
 
-# Rates of run.py stages on this project's 2-core CPU machine (ResNet-18
-# width 0.125, 28 px, training images/s; pretraining counts images, each with
-# two views) and the fixed cost of a stage run in this process (tracing,
-# input start-up, the end-of-run evaluation), calibrated on the stage times
-# of the committed run of commit 4488f32 (an idle 2-core AMD EPYC with AVX2,
-# no AVX-512, oneDNN on; results.json's wall_time_s). A final run evaluates
-# the test split (10 000 images) where a candidate evaluates validation
-# (5 000): FINAL_EVAL_EXTRA_S more.
-RATES = {'pretrain': 400.0, 'few_label': 600.0, 'linear_probe': 2000.0,
-         'distill': 500.0, 'distill_small': 750.0}
-STAGE_OVERHEAD_S = 30.0
-TEST_EVAL_S = 10.0
-FINAL_EVAL_EXTRA_S = 3.0
-ANCHORS_S = 370.0  # Two logistic regressions on 55 000 x 784 pixels (the committed run: 374 s).
+# Rates of run.py stages on a 2-core CPU machine (ResNet-18 width 0.125, 28
+# px, training images/s; pretraining counts images, each with two views) and
+# the fixed cost of a stage run in this process (tracing, input start-up, the
+# end-of-run evaluation). Measured on a 2-core Intel Xeon with AVX-512 (oneDNN
+# on): pretraining 880 images/s end to end at 0.5 epochs, few-label training
+# 1 100 at 0.1 %; the other rates scaled from the committed run of commit
+# aa3534f on a 2-core AMD EPYC with AVX2 only, which runs every stage about
+# 2x slower (pretraining 440, distillation 570 and 700 for the half-width
+# student, few-label training 600-800, the probe 2 100). A final run
+# evaluates the test split (10 000 images) where a candidate evaluates
+# validation (5 000): FINAL_EVAL_EXTRA_S more.
+RATES = {'pretrain': 880.0, 'pretrain_small': 1300.0, 'few_label': 1100.0,
+         'linear_probe': 4400.0, 'distill': 1100.0, 'distill_small': 1400.0}
+STAGE_OVERHEAD_S = 20.0
+TEST_EVAL_S = 6.0
+FINAL_EVAL_EXTRA_S = 2.0
+ANCHORS_S = 60.0  # Logistic regression and kNN on pixels (aa3534f, AMD: 90 s).
 
 
 def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
@@ -256,6 +272,9 @@ def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
   estimate = {
       'pretrain': steps['pretrain'] * plan.pretrain_batch / rates['pretrain']
                   + overhead,
+      'pretrain_small': runs['pretrain_small'] * (
+          steps['pretrain_small'] * plan.pretrain_batch /
+          rates['pretrain_small'] + overhead),
       'linear_probe': steps['linear_probe'] * plan.linear_batch /
                       rates['linear_probe'] + overhead,
       'supervised': sum(few[f] * (plan.candidates(
@@ -272,8 +291,9 @@ def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
       # A separate test pass only for the chosen run of a sweep; a final run
       # evaluates the test split instead of validation (no extra stage).
       'test_evaluations': TEST_EVAL_S * (
-          2 * len(plan.sweep_fractions) + (len(plan.student_inits) > 1)) +
-                          FINAL_EVAL_EXTRA_S * (2 + 4 * sum(seeds.values())),
+          2 * len(plan.sweep_fractions) + (len(plan.student_inits) > 1) +
+          (len(plan.small_student_inits) > 1)) + FINAL_EVAL_EXTRA_S * (
+              2 + runs['pretrain_small'] + 4 * sum(seeds.values())),
       'raw_pixel_anchors': ANCHORS_S,
   }
   if plan.memory_size:
@@ -300,6 +320,7 @@ def make_plan(scale=1, quick=False):
         distill_batch=32, distill_epochs=128 / plan.pool_size,
         distill_small_epochs=128 / plan.pool_size,
         student_inits=('pretrained', 'teacher'),
+        student_pretrain_epochs=256 / plan.pool_size,
         label_seeds={0.001: (0, 1), 0.01: (0,), 0.1: (0,)},
         logreg_cs=(1.0,), eval_steps=2, knn_bank_size=2_000)
   if scale == 1:
@@ -307,6 +328,7 @@ def make_plan(scale=1, quick=False):
   return dataclasses.replace(
       plan, width=plan.width * scale, student_width=plan.student_width * scale,
       pretrain_epochs=plan.pretrain_epochs * scale,
+      student_pretrain_epochs=plan.student_pretrain_epochs * scale,
       linear_epochs=plan.linear_epochs * scale,
       few_label_epochs={f: e * scale for f, e in plan.few_label_epochs.items()},
       distill_epochs=plan.distill_epochs * scale,
@@ -331,11 +353,15 @@ def _duration(steps):
           f'--steps_per_loop={max(1, min(100, steps // 20))}']
 
 
-def pretrain_flags(plan, model_dir, memory=False):
+def pretrain_flags(plan, model_dir, memory=False, small=False):
+  """The pretraining of the teacher's network, with memory its memory-of-
+  negatives variant, with small the half-width student's network."""
   memory_flags = [f'--memory_size={plan.memory_size}',
                   f'--memory_momentum={plan.memory_momentum}'] if memory else []
-  steps = plan.steps()['pretrain_memory' if memory else 'pretrain']
-  return common_flags(plan, plan.width) + _duration(steps) + memory_flags + [
+  steps = plan.steps()['pretrain_memory' if memory else
+                       'pretrain_small' if small else 'pretrain']
+  width = plan.student_width if small else plan.width
+  return common_flags(plan, width) + _duration(steps) + memory_flags + [
       '--train_mode=pretrain', f'--model_dir={model_dir}',
       f'--train_batch_size={plan.pretrain_batch}', '--optimizer=lars',
       f'--learning_rate={plan.pretrain_learning_rate}',
@@ -383,8 +409,8 @@ def few_label_flags(plan, fraction, seed, model_dir, learning_rate,
 
 
 def student_init_checkpoint(init, pretrain_dir, teacher):
-  """The --checkpoint a self-distilled student starts from: 'pretrained',
-  'teacher' or 'scratch' (None)."""
+  """The --checkpoint a student starts from: 'pretrained' (pretrain_dir, a
+  pretraining of the student's own width), 'teacher' or 'scratch' (None)."""
   return {'pretrained': pretrain_dir, 'teacher': teacher,
           'scratch': None}[init]
 
@@ -392,9 +418,9 @@ def student_init_checkpoint(init, pretrain_dir, teacher):
 def distill_flags(plan, model_dir, teacher, small=False, init_checkpoint=None):
   """The student on the pool without labels (alpha 1, tau 1), SGD + momentum:
   the teacher's architecture, or with small the half-width student.
-  init_checkpoint: the pretraining or the teacher (the student then reads
-  projection-head layer 1, like its teacher, through a new zero-initialised
-  head) or None (a plain ResNet from scratch)."""
+  init_checkpoint: a pretraining of the student's width or the teacher (the
+  student then reads projection-head layer 1, like its teacher, through a new
+  zero-initialised head) or None (a plain ResNet from scratch)."""
   width = plan.student_width if small else plan.width
   steps = plan.steps()['distill_small' if small else 'distill']
   flags = common_flags(plan, width) + _duration(steps) + [
@@ -634,7 +660,12 @@ def run_protocol(plan, stages, echo=print):
                                         'linear_probe_memory',
                                         memory=True).items()})
 
-  student_init = None
+  # The students' starts, chosen at the first cell; the half-width
+  # network's own pretraining, run when a candidate needs it.
+  student_inits = {}
+  pretrain_dirs = {'self_distill': pretrain_dir,
+                   'distill_small': lambda: small_pretraining(
+                       plan, stages, encoder)}
   for fraction in FRACTIONS:
     key = fraction_key(fraction)
     seeds = plan.label_seeds[fraction]
@@ -684,18 +715,18 @@ def run_protocol(plan, stages, echo=print):
     for arm, small in (('self_distill', False), ('distill_small', True)):
       per_seed = []
       for seed in seeds:
-        if arm == 'self_distill' and student_init is None:
-          student_init = _choose_student_init(plan, stages, key, seed,
-                                              teachers[seed], pretrain_dir,
-                                              choices)
-        init = (student_init_checkpoint(student_init, pretrain_dir,
-                                        teachers[seed])
-                if arm == 'self_distill' else None)
-        name = f'{arm}@{key}_seed{seed}' + (
-            f'_{student_init}' if arm == 'self_distill' else '')
+        if arm not in student_inits:
+          student_inits[arm] = _choose_student_init(
+              plan, stages, arm, key, seed, teachers[seed],
+              pretrain_dirs[arm], choices)
+        init = student_inits[arm]
+        name = f'{arm}@{key}_seed{seed}_{init}'
         flags = distill_flags(plan, stages.model_dir(name), teachers[seed],
-                              small, init)
-        chosen_on = choices['self_distill_student_init'].get('run')
+                              small, student_init_checkpoint(
+                                  init, _called(pretrain_dirs[arm])
+                                  if init == 'pretrained' else None,
+                                  teachers[seed]))
+        chosen_on = choices[f'{arm}_student_init'].get('run')
         result = (stages.test(name, flags) if name == chosen_on else
                   stages.train_and_test(name, flags))
         per_seed.append(result['label_top_1_accuracy'])
@@ -745,25 +776,49 @@ def cached_raw_pixel_anchors(plan, stages, echo=print):
   return {key: value for key, value in anchors.items() if key != 'seconds'}
 
 
-def _choose_student_init(plan, stages, key, seed, teacher, pretrain_dir,
+def _called(value):
+  """value(), or value itself when it is not callable."""
+  return value() if callable(value) else value
+
+
+def small_pretraining(plan, stages, encoder):
+  """The half-width student's own pretraining (run once, reused after);
+  records its kNN in encoder['student_knn_top_1']; returns its model_dir."""
+  model_dir = stages.model_dir('pretrain_small')
+  test = stages.train_and_test('pretrain_small', pretrain_flags(
+      plan, model_dir, small=True))
+  encoder['student_knn_top_1'] = test['knn_top_1']
+  return model_dir
+
+
+def _choose_student_init(plan, stages, arm, key, seed, teacher, pretrain_dir,
                          choices):
-  """The self-distilled student's start (plan.student_inits): with several,
-  each trained once on the first cell and the best on validation kept (its
-  run is then that cell's final run: 'run' in the record)."""
-  if len(plan.student_inits) == 1:
-    choices['self_distill_student_init'] = {
-        'validation_top_1': {}, 'chosen': plan.student_inits[0],
-        'chosen_at': 'an earlier run of this protocol (see Plan.student_inits)'}
-    return plan.student_inits[0]
+  """A student's start (plan.student_inits for self_distill,
+  plan.small_student_inits for distill_small): with several, each trained
+  once on the first cell and the best on validation kept (its run is then
+  that cell's final run: 'run' in the record). pretrain_dir: the pretraining
+  of the student's width, or a function running it (called only when a
+  candidate starts from it)."""
+  small = arm == 'distill_small'
+  candidates = plan.small_student_inits if small else plan.student_inits
+  record_key = f'{arm}_student_init'
+  if len(candidates) == 1:
+    where = 'Plan.small_student_inits' if small else 'Plan.student_inits'
+    choices[record_key] = {
+        'validation_top_1': {}, 'chosen': candidates[0],
+        'chosen_at': f'an earlier run of this protocol (see {where})'}
+    return candidates[0]
   scores, names = {}, {}
-  for init in plan.student_inits:
-    names[init] = f'self_distill@{key}_seed{seed}_{init}'
+  for init in candidates:
+    names[init] = f'{arm}@{key}_seed{seed}_{init}'
+    start = student_init_checkpoint(
+        init, _called(pretrain_dir) if init == 'pretrained' else None,
+        teacher)
     flags = distill_flags(plan, stages.model_dir(names[init]), teacher,
-                          init_checkpoint=student_init_checkpoint(
-                              init, pretrain_dir, teacher))
+                          small=small, init_checkpoint=start)
     scores[init] = stages.validation_top_1(names[init], flags)
   chosen = best_of(scores)
-  choices['self_distill_student_init'] = {
+  choices[record_key] = {
       'validation_top_1': scores, 'chosen': chosen, 'chosen_at': key,
       'run': names[chosen]}
   return chosen
@@ -812,7 +867,8 @@ def git_info():
     return subprocess.run(['git', *args], cwd=REPO, capture_output=True,
                           text=True, check=False).stdout.strip()
   dirty = git('status', '--porcelain', '--', 'run.py', 'tf_simclr', 'export',
-              'benchmarks/semi_supervised.py')
+              'benchmarks/semi_supervised.py', 'benchmarks/main_job_recipe.py',
+              'scripts/main_job.py')
   return {'commit': git('rev-parse', 'HEAD'),
           'uncommitted_changes_in_code': bool(dirty)}
 
@@ -868,6 +924,8 @@ def markdown_table(results):
         ('linear_probe_top_1', 'linear probe (fine_tune_after_block=4)'),
         ('raw_pixel_knn_top_1', 'raw pixels: the same kNN'),
         ('raw_pixel_logreg_top_1', 'raw pixels: logistic regression'),
+        ('student_knn_top_1',
+         "the half-width student's own pretraining: kNN"),
         ('memory_knn_top_1', 'with the memory of negatives: kNN'),
         ('memory_linear_probe_top_1',
          'with the memory of negatives: linear probe')):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from scripts import main_job
@@ -105,3 +106,37 @@ def test_pipeline_sh_runs_every_stage_in_one_process(tmp_path):
       f'(log: {out}/finetune.log)']
   assert 'Traceback' not in bad.stdout + bad.stderr
   assert (out / 'distill' / 'hub' / 'proj_head_1').is_dir()
+
+
+def test_recipe_search_reads_validation_never_test_with_the_main_jobs_sizes():
+  """benchmarks/main_job_recipe.py: the main job's own stages, trained on the
+  pool and evaluated on the validation split; its finetuning keeps the main
+  job's 6 000 labeled images (600 per class of the 55 000) and differs only in
+  the learning rate and model_dir."""
+  from benchmarks import main_job_recipe as recipe
+  from tf_simclr import data
+  stages = recipe.validation_stages('/w', learning_rates=(0.1, 0.4))
+  assert [name for name, _ in stages] == [
+      'pretrain', 'finetune_lr0.1', 'finetune_lr0.4']
+  main = {name: flags for name, _, flags in main_job.stages({'OUT': '/w'})}
+  for name, flags in stages:
+    assert '--eval_split=train[:5000]' in flags
+    assert '--train_split=train[5000:]' in flags
+    assert not any(f.startswith('--eval_split=test') for f in flags)
+    assert sum(f.startswith('--eval_split=') for f in flags) == 1
+  assert set(stages[0][1]) - set(main['pretrain']) == {
+      '--eval_split=train[:5000]', '--train_split=train[5000:]'}
+  finetune = dict(stages)['finetune_lr0.4']
+  changed = set(finetune) - set(main['finetune'])
+  fraction = [f for f in changed if f.startswith('--label_fraction=')]
+  assert {f.split('=')[0] for f in changed} == {
+      '--eval_split', '--train_split', '--label_fraction', '--learning_rate',
+      '--model_dir'}
+  assert '--learning_rate=0.4' in finetune
+  assert '--model_dir=/w/finetune_lr0.4' in finetune
+  assert '--checkpoint=/w/pretrain' in finetune
+  keys = [str(i) for i in range(55_000)]
+  labels = [i % 10 for i in range(55_000)]
+  mask = data.label_subset_mask(np.array(keys), np.array(labels), 10,
+                                float(fraction[0].split('=')[1]), 0)
+  assert mask.sum() == 6000

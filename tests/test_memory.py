@@ -208,10 +208,16 @@ def test_memory_projections_are_normalised_inference_outputs():
   keys = memory.project(images).numpy()
   expected = memory.network(images, training=False)['proj_head_output'].numpy()
   expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-  np.testing.assert_allclose(keys, expected, rtol=1e-5, atol=1e-6)
+  # project() runs as a graph, the expectation eagerly: oneDNN may pick other
+  # kernels for the two, which differ in float32 rounding (a clean-clone run
+  # once missed rtol 1e-5 on values equal to the printed digits). Training
+  # mode or an unnormalised output would differ by far more than this.
+  np.testing.assert_allclose(keys, expected, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(keys, axis=1), 1, rtol=1e-5)
   # Inference mode: the same images give the same projections, and the
   # network's batch-norm statistics did not move.
-  np.testing.assert_allclose(memory.project(images).numpy(), keys, rtol=1e-6)
+  np.testing.assert_allclose(memory.project(images).numpy(), keys, rtol=1e-6,
+                             atol=1e-7)
 
 
 @pytest.mark.parametrize('changes,flag', [

@@ -156,7 +156,7 @@ def test_default_plan_seeds_and_steps():
       600 * plan.few_label_epochs[0.01] // plan.few_label_batch[0.01] + 1)
   # Learning rates are swept where labels are fewest, then reused.
   assert plan.sweep_fractions == (0.001, 0.01)
-  assert plan.runs()['supervised'] == 2 * 1 + 7 == plan.runs()['finetune']
+  assert plan.runs()['supervised'] == 2 * 2 + 7 == plan.runs()['finetune']
   assert len(plan.supervised_learning_rates) == len(
       plan.finetune_learning_rates)  # The same tuning effort.
 
@@ -185,7 +185,6 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
   assert not any(f.startswith('--checkpoint=') for f in small)
   self_distill = semi.distill_flags(plan, '/m', '/t', init_checkpoint='/p')
   assert f'--width_multiplier={plan.width}' in self_distill
-  # The self-distilled student trains longer than the half-width one.
   assert f'--train_steps={plan.steps()["distill"]}' in self_distill
   assert f'--train_steps={plan.steps()["distill_small"]}' in small
   assert '--checkpoint=/p' in self_distill
@@ -198,7 +197,20 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
   assert '--checkpoint=/t' in from_teacher and '--teacher_checkpoint=/t' in (
       from_teacher)
   assert '--zero_init_logits_layer' in from_teacher
-  for flags in (finetune, supervised, small, self_distill):
+  # The half-width student's own pretraining, and the student from it.
+  small_pretrain = semi.pretrain_flags(plan, '/ps', small=True)
+  assert f'--width_multiplier={plan.student_width}' in small_pretrain
+  assert f'--train_steps={plan.steps()["pretrain_small"]}' in small_pretrain
+  assert plan.steps()['pretrain_small'] == semi.steps_for(
+      plan.student_pretrain_epochs, plan.pool_size, plan.pretrain_batch)
+  assert f'--width_multiplier={plan.width}' in semi.pretrain_flags(plan, '/p')
+  small_pretrained = semi.distill_flags(plan, '/m', '/t', small=True,
+                                        init_checkpoint='/ps')
+  assert f'--width_multiplier={plan.student_width}' in small_pretrained
+  assert '--checkpoint=/ps' in small_pretrained
+  assert '--ft_proj_selector=1' in small_pretrained
+  for flags in (finetune, supervised, small, self_distill, small_pretrained,
+                small_pretrain):
     assert '--eval_split=test' not in flags
     test = semi.test_flags(flags)
     assert '--eval_split=test' in test and '--mode=eval' in test
@@ -222,7 +234,8 @@ class _FakeStages(semi.Stages):
       return self.records[name]
     self.calls.append((name, flags))
     value = lambda flag: semi._flag_value(flags, flag)  # pylint: disable=unnecessary-lambda-assignment
-    score = 0.5 + 0.1 * ('lr0.1' in name or 'lr1.6' in name)
+    score = 0.5 + 0.1 * ('lr0.05' in name or 'lr1.6' in name or
+                         name.endswith('_pretrained'))
     result = {'eval_split': value('eval_split'), 'label_top_1_accuracy': score,
               'knn_top_1': 0.6, 'teacher_agreement': 0.9}
     self.records[name] = {'seconds': 1.0, 'result': result, 'train': {}}
@@ -247,7 +260,8 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   assert len(tested) + len(validated) == len(stages.calls)
   assert len(set(tested)) == len(tested)
   finals = sum(len(plan.label_seeds[f]) for f in semi.FRACTIONS)
-  assert len(tested) == 2 + 4 * finals  # pretrain, probe; 4 arms per seed.
+  # The pretraining, its probe, the half-width one; 4 arms per seed.
+  assert len(tested) == 3 + 4 * finals
   for name, flags in stages.calls:
     if name in validated:  # A candidate: trained, never tested itself.
       assert '--mode=train_then_eval' in flags
@@ -255,11 +269,26 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   for fraction in plan.sweep_fractions:
     key = semi.fraction_key(fraction)
     assert chosen[f'supervised_learning_rate@{key}']['chosen'] == 1.6
-    assert chosen[f'simclr_learning_rate@{key}']['chosen'] == 0.1
+    assert chosen[f'simclr_learning_rate@{key}']['chosen'] == 0.05
     assert f'supervised@{key}_seed0_lr1.6:test' in tested
     assert f'supervised@{key}_seed0_lr0.4:test' not in tested
     assert f'supervised@{key}_seed0_lr0.4' in validated
-  assert 'finetune@0.1_seed0_lr0.1' in tested  # Reused rate: trained on test.
+  assert 'finetune@0.1_seed0_lr0.05' in tested  # Reused rate: trained on test.
+  # The half-width student's start: both candidates trained on validation
+  # at the first cell, the chosen one then tested; the half-width
+  # pretraining ran once, before the candidate starting from it.
+  assert chosen['distill_small_student_init']['chosen'] == 'pretrained'
+  assert 'distill_small@0.001_seed0_scratch' in validated
+  assert 'distill_small@0.001_seed0_pretrained:test' in tested
+  assert 'distill_small@0.01_seed1_pretrained' in tested
+  names = [name for name, _ in stages.calls]
+  assert names.count('pretrain_small') == 1
+  assert names.index('pretrain_small') < names.index(
+      'distill_small@0.001_seed0_pretrained')
+  small_pretrain_dir = stages.model_dir('pretrain_small')
+  assert f'--checkpoint={small_pretrain_dir}' in dict(stages.calls)[
+      'distill_small@0.01_seed1_pretrained']
+  assert results['encoder']['student_knn_top_1'] == 0.6
   for arm in semi.ARMS:
     assert set(results['top_1'][arm]) == {'0.001', '0.01', '0.1'}
 
