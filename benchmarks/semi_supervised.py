@@ -140,12 +140,14 @@ class Plan:
       default_factory=lambda: {0.001: 32, 0.01: 64, 0.1: 128})
   few_label_epochs: dict = dataclasses.field(
       default_factory=lambda: {0.001: 120, 0.01: 30, 0.1: 10})
-  # Three rates 4x apart each, centred on what validation chose before: the
-  # baseline took the top of {0.1, 0.4} (commit 7278c84) and of {0.4, 1.6}
-  # (aa3534f) at both swept fractions; finetuning the bottom of {0.1, 0.4},
-  # then 0.025 of {0.025, 0.1} at 0.1 % and 0.1 at 1 %.
-  supervised_learning_rates: tuple = (0.4, 1.6, 6.4)
-  finetune_learning_rates: tuple = (0.0125, 0.05, 0.2)
+  # Four rates each, around what validation chose before: the baseline took
+  # the top of {0.1, 0.4} (commit 7278c84) and of {0.4, 1.6} (aa3534f) at
+  # both swept fractions, then at 0.1 % 1.6 of {0.4, 1.6, 6.4} (59.9, 57.1
+  # at 6.4; e190523); finetuning the bottom of {0.1, 0.4}, then 0.025 of
+  # {0.025, 0.1} at 0.1 % and 0.1 at 1 %, then at 0.1 % the bottom of
+  # {0.0125, 0.05, 0.2} (68.5 against 64.8 at 0.05; e190523).
+  supervised_learning_rates: tuple = (0.4, 1.6, 3.2, 6.4)
+  finetune_learning_rates: tuple = (0.003125, 0.0125, 0.05, 0.2)
   # Fractions whose learning rates are swept; the others reuse the choice
   # made at the last swept fraction.
   sweep_fractions: tuple = (0.001, 0.01)
@@ -154,7 +156,12 @@ class Plan:
   distill_batch: int = 128
   distill_epochs: float = 0.6
   distill_small_epochs: float = 0.6
-  distill_learning_rate: float = 0.2
+  # Both students' learning rate (SGD + momentum, per 256) is chosen with
+  # their start, on validation at the first cell: every (start, rate) pair
+  # is a candidate. (At commit e190523, with 0.2 alone, the self-distilled
+  # student fell 2.5 points below its teacher at 0.1 %: its teacher was
+  # finetuned at 0.0125.)
+  distill_learning_rates: tuple = (0.05, 0.2)
   # Initialisations of the self-distilled student compared on validation
   # (with one candidate: no comparison run): the pretrained network or its
   # teacher (the finetuned network), with a new zero-initialised linear head
@@ -233,11 +240,18 @@ class Plan:
         'supervised': swept * (len(self.supervised_learning_rates) - 1) +
                       seeds,
         'finetune': finetunes,
-        'self_distill': seeds + len(self.student_inits) - 1,
-        'distill_small': seeds + len(self.small_student_inits) - 1,
+        'self_distill': seeds + len(self.student_candidates(False)) - 1,
+        'distill_small': seeds + len(self.student_candidates(True)) - 1,
         'pretrain_small': int('pretrained' in self.small_student_inits),
         'pretrain_memory': memory, 'linear_probe_memory': memory,
         'finetune_memory': memory * finetunes}
+
+  def student_candidates(self, small):
+    """[(start, learning rate)] compared for the half-width student (small)
+    or the self-distilled one."""
+    inits = self.small_student_inits if small else self.student_inits
+    return [(init, rate) for init in inits
+            for rate in self.distill_learning_rates]
 
   def candidates(self, fraction, rates):
     """How many learning rates are tried at `fraction`."""
@@ -291,8 +305,9 @@ def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
       # A separate test pass only for the chosen run of a sweep; a final run
       # evaluates the test split instead of validation (no extra stage).
       'test_evaluations': TEST_EVAL_S * (
-          2 * len(plan.sweep_fractions) + (len(plan.student_inits) > 1) +
-          (len(plan.small_student_inits) > 1)) + FINAL_EVAL_EXTRA_S * (
+          2 * len(plan.sweep_fractions) +
+          (len(plan.student_candidates(False)) > 1) +
+          (len(plan.student_candidates(True)) > 1)) + FINAL_EVAL_EXTRA_S * (
               2 + runs['pretrain_small'] + 4 * sum(seeds.values())),
       'raw_pixel_anchors': ANCHORS_S,
   }
@@ -319,7 +334,7 @@ def make_plan(scale=1, quick=False):
         sweep_fractions=(0.001,),
         distill_batch=32, distill_epochs=128 / plan.pool_size,
         distill_small_epochs=128 / plan.pool_size,
-        student_inits=('pretrained', 'teacher'),
+        student_inits=('pretrained', 'teacher'), distill_learning_rates=(0.2,),
         student_pretrain_epochs=256 / plan.pool_size,
         label_seeds={0.001: (0, 1), 0.01: (0,), 0.1: (0,)},
         logreg_cs=(1.0,), eval_steps=2, knn_bank_size=2_000)
@@ -415,7 +430,8 @@ def student_init_checkpoint(init, pretrain_dir, teacher):
           'scratch': None}[init]
 
 
-def distill_flags(plan, model_dir, teacher, small=False, init_checkpoint=None):
+def distill_flags(plan, model_dir, teacher, learning_rate, small=False,
+                  init_checkpoint=None):
   """The student on the pool without labels (alpha 1, tau 1), SGD + momentum:
   the teacher's architecture, or with small the half-width student.
   init_checkpoint: a pretraining of the student's width or the teacher (the
@@ -427,7 +443,7 @@ def distill_flags(plan, model_dir, teacher, small=False, init_checkpoint=None):
       '--train_mode=distill', f'--model_dir={model_dir}',
       f'--teacher_checkpoint={teacher}', '--distill_alpha=1',
       '--distill_temperature=1', f'--train_batch_size={plan.distill_batch}',
-      '--optimizer=momentum', f'--learning_rate={plan.distill_learning_rate}',
+      '--optimizer=momentum', f'--learning_rate={learning_rate}',
       '--learning_rate_scaling=linear', '--weight_decay=1e-4',
       '--warmup_epochs=0.05']
   if init_checkpoint:
@@ -660,9 +676,9 @@ def run_protocol(plan, stages, echo=print):
                                         'linear_probe_memory',
                                         memory=True).items()})
 
-  # The students' starts, chosen at the first cell; the half-width
-  # network's own pretraining, run when a candidate needs it.
-  student_inits = {}
+  # The students' starts and learning rates, chosen at the first cell; the
+  # half-width network's own pretraining, run when a candidate needs it.
+  student_recipes = {}
   pretrain_dirs = {'self_distill': pretrain_dir,
                    'distill_small': lambda: small_pretraining(
                        plan, stages, encoder)}
@@ -715,18 +731,14 @@ def run_protocol(plan, stages, echo=print):
     for arm, small in (('self_distill', False), ('distill_small', True)):
       per_seed = []
       for seed in seeds:
-        if arm not in student_inits:
-          student_inits[arm] = _choose_student_init(
+        if arm not in student_recipes:
+          student_recipes[arm] = _choose_student(
               plan, stages, arm, key, seed, teachers[seed],
               pretrain_dirs[arm], choices)
-        init = student_inits[arm]
-        name = f'{arm}@{key}_seed{seed}_{init}'
-        flags = distill_flags(plan, stages.model_dir(name), teachers[seed],
-                              small, student_init_checkpoint(
-                                  init, _called(pretrain_dirs[arm])
-                                  if init == 'pretrained' else None,
-                                  teachers[seed]))
-        chosen_on = choices[f'{arm}_student_init'].get('run')
+        name, flags = _student_run(plan, stages, arm, key, seed,
+                                   teachers[seed], pretrain_dirs[arm],
+                                   *student_recipes[arm])
+        chosen_on = choices[f'{arm}_student'].get('run')
         result = (stages.test(name, flags) if name == chosen_on else
                   stages.train_and_test(name, flags))
         per_seed.append(result['label_top_1_accuracy'])
@@ -791,36 +803,46 @@ def small_pretraining(plan, stages, encoder):
   return model_dir
 
 
-def _choose_student_init(plan, stages, arm, key, seed, teacher, pretrain_dir,
-                         choices):
-  """A student's start (plan.student_inits for self_distill,
-  plan.small_student_inits for distill_small): with several, each trained
-  once on the first cell and the best on validation kept (its run is then
-  that cell's final run: 'run' in the record). pretrain_dir: the pretraining
-  of the student's width, or a function running it (called only when a
-  candidate starts from it)."""
+def _student_run(plan, stages, arm, key, seed, teacher, pretrain_dir, init,
+                 rate):
+  """(stage name, flags) of a student of `arm` for (key, seed): starting
+  from init ('pretrained' reads pretrain_dir, called first when it is a
+  function), trained at learning rate `rate`."""
+  name = f'{arm}@{key}_seed{seed}_{init}_lr{rate:g}'
+  start = student_init_checkpoint(
+      init, _called(pretrain_dir) if init == 'pretrained' else None, teacher)
+  return name, distill_flags(plan, stages.model_dir(name), teacher, rate,
+                             small=arm == 'distill_small',
+                             init_checkpoint=start)
+
+
+def _choose_student(plan, stages, arm, key, seed, teacher, pretrain_dir,
+                    choices):
+  """A student's (start, learning rate) among plan.student_candidates: with
+  several, each trained once on the first cell and the best on validation
+  kept (its run is then that cell's final run: 'run' in the record).
+  pretrain_dir: the pretraining of the student's width, or a function
+  running it (called only when a candidate starts from it)."""
   small = arm == 'distill_small'
-  candidates = plan.small_student_inits if small else plan.student_inits
-  record_key = f'{arm}_student_init'
+  candidates = plan.student_candidates(small)
+  record_key = f'{arm}_student'
+  label = lambda init, rate: f'{init} lr{rate:g}'  # pylint: disable=unnecessary-lambda-assignment
   if len(candidates) == 1:
     where = 'Plan.small_student_inits' if small else 'Plan.student_inits'
     choices[record_key] = {
-        'validation_top_1': {}, 'chosen': candidates[0],
+        'validation_top_1': {}, 'chosen': label(*candidates[0]),
         'chosen_at': f'an earlier run of this protocol (see {where})'}
     return candidates[0]
   scores, names = {}, {}
-  for init in candidates:
-    names[init] = f'{arm}@{key}_seed{seed}_{init}'
-    start = student_init_checkpoint(
-        init, _called(pretrain_dir) if init == 'pretrained' else None,
-        teacher)
-    flags = distill_flags(plan, stages.model_dir(names[init]), teacher,
-                          small=small, init_checkpoint=start)
-    scores[init] = stages.validation_top_1(names[init], flags)
+  for init, rate in candidates:
+    name, flags = _student_run(plan, stages, arm, key, seed, teacher,
+                               pretrain_dir, init, rate)
+    names[init, rate] = name
+    scores[init, rate] = stages.validation_top_1(name, flags)
   chosen = best_of(scores)
   choices[record_key] = {
-      'validation_top_1': scores, 'chosen': chosen, 'chosen_at': key,
-      'run': names[chosen]}
+      'validation_top_1': {label(*c): score for c, score in scores.items()},
+      'chosen': label(*chosen), 'chosen_at': key, 'run': names[chosen]}
   return chosen
 
 

@@ -156,7 +156,7 @@ def test_default_plan_seeds_and_steps():
       600 * plan.few_label_epochs[0.01] // plan.few_label_batch[0.01] + 1)
   # Learning rates are swept where labels are fewest, then reused.
   assert plan.sweep_fractions == (0.001, 0.01)
-  assert plan.runs()['supervised'] == 2 * 2 + 7 == plan.runs()['finetune']
+  assert plan.runs()['supervised'] == 2 * 3 + 7 == plan.runs()['finetune']
   assert len(plan.supervised_learning_rates) == len(
       plan.finetune_learning_rates)  # The same tuning effort.
 
@@ -180,10 +180,11 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
   supervised = semi.few_label_flags(plan, 0.01, 0, '/m', 0.8, 'scratch')
   assert '--checkpoint=scratch' in supervised
   assert '--ft_proj_selector=0' in supervised
-  small = semi.distill_flags(plan, '/m', '/t', small=True)
+  small = semi.distill_flags(plan, '/m', '/t', 0.2, small=True)
   assert f'--width_multiplier={plan.student_width}' in small
   assert not any(f.startswith('--checkpoint=') for f in small)
-  self_distill = semi.distill_flags(plan, '/m', '/t', init_checkpoint='/p')
+  self_distill = semi.distill_flags(plan, '/m', '/t', 0.05,
+                                   init_checkpoint='/p')
   assert f'--width_multiplier={plan.width}' in self_distill
   assert f'--train_steps={plan.steps()["distill"]}' in self_distill
   assert f'--train_steps={plan.steps()["distill_small"]}' in small
@@ -191,8 +192,9 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
   # The self-distilled student's starts compared on validation.
   assert [semi.student_init_checkpoint(init, '/p', '/t')
           for init in ('pretrained', 'teacher', 'scratch')] == ['/p', '/t', None]
+  assert '--learning_rate=0.05' in self_distill
   from_teacher = semi.distill_flags(
-      plan, '/m', '/t', init_checkpoint=semi.student_init_checkpoint(
+      plan, '/m', '/t', 0.2, init_checkpoint=semi.student_init_checkpoint(
           'teacher', '/p', '/t'))
   assert '--checkpoint=/t' in from_teacher and '--teacher_checkpoint=/t' in (
       from_teacher)
@@ -204,7 +206,7 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
   assert plan.steps()['pretrain_small'] == semi.steps_for(
       plan.student_pretrain_epochs, plan.pool_size, plan.pretrain_batch)
   assert f'--width_multiplier={plan.width}' in semi.pretrain_flags(plan, '/p')
-  small_pretrained = semi.distill_flags(plan, '/m', '/t', small=True,
+  small_pretrained = semi.distill_flags(plan, '/m', '/t', 0.2, small=True,
                                         init_checkpoint='/ps')
   assert f'--width_multiplier={plan.student_width}' in small_pretrained
   assert '--checkpoint=/ps' in small_pretrained
@@ -234,8 +236,8 @@ class _FakeStages(semi.Stages):
       return self.records[name]
     self.calls.append((name, flags))
     value = lambda flag: semi._flag_value(flags, flag)  # pylint: disable=unnecessary-lambda-assignment
-    score = 0.5 + 0.1 * ('lr0.05' in name or 'lr1.6' in name or
-                         name.endswith('_pretrained'))
+    score = 0.5 + 0.1 * ('lr0.05' in name or 'lr1.6' in name) + 0.1 * (
+        '_pretrained_' in name)
     result = {'eval_split': value('eval_split'), 'label_top_1_accuracy': score,
               'knn_top_1': 0.6, 'teacher_agreement': 0.9}
     self.records[name] = {'seconds': 1.0, 'result': result, 'train': {}}
@@ -274,20 +276,31 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
     assert f'supervised@{key}_seed0_lr0.4:test' not in tested
     assert f'supervised@{key}_seed0_lr0.4' in validated
   assert 'finetune@0.1_seed0_lr0.05' in tested  # Reused rate: trained on test.
-  # The half-width student's start: both candidates trained on validation
+  # The students' (start, learning rate): every pair trained on validation
   # at the first cell, the chosen one then tested; the half-width
-  # pretraining ran once, before the candidate starting from it.
-  assert chosen['distill_small_student_init']['chosen'] == 'pretrained'
-  assert 'distill_small@0.001_seed0_scratch' in validated
-  assert 'distill_small@0.001_seed0_pretrained:test' in tested
-  assert 'distill_small@0.01_seed1_pretrained' in tested
+  # pretraining ran once, before the first candidate starting from it.
+  assert chosen['self_distill_student']['chosen'] == 'teacher lr0.05'
+  assert set(chosen['self_distill_student']['validation_top_1']) == {
+      'teacher lr0.05', 'teacher lr0.2'}
+  assert chosen['distill_small_student']['chosen'] == 'pretrained lr0.05'
+  assert len(chosen['distill_small_student']['validation_top_1']) == 4
+  for name in ('distill_small@0.001_seed0_scratch_lr0.05',
+               'distill_small@0.001_seed0_scratch_lr0.2',
+               'distill_small@0.001_seed0_pretrained_lr0.2',
+               'self_distill@0.001_seed0_teacher_lr0.2'):
+    assert name in validated
+  assert 'distill_small@0.001_seed0_pretrained_lr0.05:test' in tested
+  assert 'self_distill@0.001_seed0_teacher_lr0.05:test' in tested
+  assert 'distill_small@0.01_seed1_pretrained_lr0.05' in tested
+  assert '--learning_rate=0.05' in dict(stages.calls)[
+      'self_distill@0.1_seed0_teacher_lr0.05']
   names = [name for name, _ in stages.calls]
   assert names.count('pretrain_small') == 1
   assert names.index('pretrain_small') < names.index(
-      'distill_small@0.001_seed0_pretrained')
+      'distill_small@0.001_seed0_pretrained_lr0.05')
   small_pretrain_dir = stages.model_dir('pretrain_small')
   assert f'--checkpoint={small_pretrain_dir}' in dict(stages.calls)[
-      'distill_small@0.01_seed1_pretrained']
+      'distill_small@0.01_seed1_pretrained_lr0.05']
   assert results['encoder']['student_knn_top_1'] == 0.6
   for arm in semi.ARMS:
     assert set(results['top_1'][arm]) == {'0.001', '0.01', '0.1'}
