@@ -1,6 +1,8 @@
 r"""The main job's finetuning learning rate, chosen on a validation split.
 
   python benchmarks/main_job_recipe.py --work_dir=/tmp/main_job_recipe
+  python benchmarks/main_job_recipe.py --learning_rates=0.2 --finetune_epochs=14 \
+      --output=/tmp/epochs14.json     # another finetuning length
 
 The main job (scripts/main_job.py, what `bash scripts/pipeline.sh` runs)
 reports test-split numbers, so its recipe is not chosen there: this script
@@ -31,6 +33,7 @@ VALIDATION_SPLIT = 'train[:5000]'
 TRAIN_SPLIT = 'train[5000:]'
 LABELED = 6000  # The main job's 10 % of the 60 000 training images.
 LEARNING_RATES = (0.1, 0.2, 0.4, 0.8)
+flag_value = semi_supervised._flag_value  # pylint: disable=protected-access
 OUTPUT = os.path.join(REPO, 'benchmarks', 'results', 'main_job_recipe.json')
 
 
@@ -63,18 +66,27 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--work_dir', default='/tmp/main_job_recipe')
   parser.add_argument('--output', default=OUTPUT)
+  parser.add_argument('--learning_rates', default=','.join(
+      f'{rate:g}' for rate in LEARNING_RATES),
+                      help='comma-separated finetuning learning rates')
+  parser.add_argument('--finetune_epochs', type=int, default=None,
+                      help="finetuning epochs (default: the main job's)")
   args = parser.parse_args(argv)
+  rates = [float(rate) for rate in args.learning_rates.split(',')]
+  env = ({} if args.finetune_epochs is None else
+         {'FINETUNE_EPOCHS': str(args.finetune_epochs)})
   import run as run_py  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.use_absl_handler()
   os.makedirs(args.work_dir, exist_ok=True)
   started = time.time()
   scores, seconds = {}, {}
-  for name, flags in validation_stages(args.work_dir):
+  runs = validation_stages(args.work_dir, rates, env)
+  for name, flags in runs:
     stage_started = time.time()
     with main_job.output_to(os.path.join(args.work_dir, f'{name}.log')):
       run_py.run_in_process(['run.py', *flags])
-    with open(os.path.join(semi_supervised._flag_value(flags, 'model_dir'),  # pylint: disable=protected-access
+    with open(os.path.join(flag_value(flags, 'model_dir'),
                            'result.json')) as f:
       result = json.load(f)
     seconds[name] = round(time.time() - stage_started, 1)
@@ -88,7 +100,9 @@ def main(argv=None):
   print(f'chosen finetune learning rate: {chosen}')
   record = {
       'validation_split': VALIDATION_SPLIT, 'train_split': TRAIN_SPLIT,
-      'labeled_images': LABELED, 'pretrain_validation_knn_top_1':
+      'labeled_images': LABELED,
+      'finetune_epochs': int(flag_value(runs[-1][1], 'train_epochs')),
+      'pretrain_validation_knn_top_1':
           scores['pretrain'],
       'finetune_validation_top_1': rates, 'chosen_learning_rate': chosen,
       'seconds': seconds, 'total_seconds': round(time.time() - started, 1),
