@@ -71,10 +71,13 @@ def main(argv=None):
                       help='comma-separated finetuning learning rates')
   parser.add_argument('--finetune_epochs', type=int, default=None,
                       help="finetuning epochs (default: the main job's)")
+  parser.add_argument('--pretrain_steps', type=int, default=None,
+                      help="pretraining steps (default: the main job's)")
   args = parser.parse_args(argv)
   rates = [float(rate) for rate in args.learning_rates.split(',')]
-  env = ({} if args.finetune_epochs is None else
-         {'FINETUNE_EPOCHS': str(args.finetune_epochs)})
+  env = {name: str(value) for name, value in (
+      ('FINETUNE_EPOCHS', args.finetune_epochs),
+      ('PRETRAIN_STEPS', args.pretrain_steps)) if value is not None}
   import run as run_py  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.use_absl_handler()
@@ -102,6 +105,7 @@ def main(argv=None):
       'validation_split': VALIDATION_SPLIT, 'train_split': TRAIN_SPLIT,
       'labeled_images': LABELED,
       'finetune_epochs': int(flag_value(runs[-1][1], 'train_epochs')),
+      'pretrain_steps': int(flag_value(runs[0][1], 'train_steps')),
       'pretrain_validation_knn_top_1':
           scores['pretrain'],
       'finetune_validation_top_1': rates, 'chosen_learning_rate': chosen,
