@@ -43,9 +43,11 @@ def _replace(flags, name, value):
   return kept + [f'--{name}={value}']
 
 
-def validation_stages(work_dir, learning_rates=LEARNING_RATES, env=None):
+def validation_stages(work_dir, learning_rates=LEARNING_RATES, env=None,
+                      finetune_batch=None):
   """[(name, run.py flags)]: the main job's pretraining, then its finetuning
-  at each learning rate, on TRAIN_SPLIT, evaluated on VALIDATION_SPLIT."""
+  at each learning rate (and finetune_batch, when given), on TRAIN_SPLIT,
+  evaluated on VALIDATION_SPLIT."""
   env = dict(env or {}, OUT=work_dir)
   by_name = {name: flags for name, _, flags in main_job.stages(env)}
   out = []
@@ -55,6 +57,8 @@ def validation_stages(work_dir, learning_rates=LEARNING_RATES, env=None):
   finetune = _replace(_replace(by_name['finetune'], 'eval_split',
                                VALIDATION_SPLIT), 'train_split', TRAIN_SPLIT)
   finetune = _replace(finetune, 'label_fraction', repr(LABELED / 55_000))
+  if finetune_batch:
+    finetune = _replace(finetune, 'train_batch_size', finetune_batch)
   for rate in learning_rates:
     flags = _replace(_replace(finetune, 'learning_rate', rate), 'model_dir',
                      os.path.join(work_dir, f'finetune_lr{rate:g}'))
@@ -73,6 +77,8 @@ def main(argv=None):
                       help="finetuning epochs (default: the main job's)")
   parser.add_argument('--pretrain_steps', type=int, default=None,
                       help="pretraining steps (default: the main job's)")
+  parser.add_argument('--finetune_batch', type=int, default=None,
+                      help="finetuning batch size (default: the main job's)")
   args = parser.parse_args(argv)
   rates = [float(rate) for rate in args.learning_rates.split(',')]
   env = {name: str(value) for name, value in (
@@ -84,7 +90,7 @@ def main(argv=None):
   os.makedirs(args.work_dir, exist_ok=True)
   started = time.time()
   scores, seconds = {}, {}
-  runs = validation_stages(args.work_dir, rates, env)
+  runs = validation_stages(args.work_dir, rates, env, args.finetune_batch)
   for name, flags in runs:
     stage_started = time.time()
     with main_job.output_to(os.path.join(args.work_dir, f'{name}.log')):
@@ -106,6 +112,7 @@ def main(argv=None):
       'labeled_images': LABELED,
       'finetune_epochs': int(flag_value(runs[-1][1], 'train_epochs')),
       'pretrain_steps': int(flag_value(runs[0][1], 'train_steps')),
+      'finetune_batch': int(flag_value(runs[-1][1], 'train_batch_size')),
       'pretrain_validation_knn_top_1':
           scores['pretrain'],
       'finetune_validation_top_1': rates, 'chosen_learning_rate': chosen,
