@@ -103,9 +103,10 @@ def main(argv=None):
     scores[name] = result[key]
     print(f'{name}: validation {key} {result[key]:.4f} ({seconds[name]:.0f} s)',
           flush=True)
-  rates = {name[len('finetune_lr'):]: score for name, score in scores.items()
-           if name.startswith('finetune_lr')}
-  chosen = semi_supervised.best_of(rates)
+  finetune_scores = {name[len('finetune_lr'):]: score
+                     for name, score in scores.items()
+                     if name.startswith('finetune_lr')}
+  chosen = semi_supervised.best_of(finetune_scores)
   print(f'chosen finetune learning rate: {chosen}')
   record = {
       'validation_split': VALIDATION_SPLIT, 'train_split': TRAIN_SPLIT,
@@ -113,9 +114,9 @@ def main(argv=None):
       'finetune_epochs': int(flag_value(runs[-1][1], 'train_epochs')),
       'pretrain_steps': int(flag_value(runs[0][1], 'train_steps')),
       'finetune_batch': int(flag_value(runs[-1][1], 'train_batch_size')),
-      'pretrain_validation_knn_top_1':
-          scores['pretrain'],
-      'finetune_validation_top_1': rates, 'chosen_learning_rate': chosen,
+      'pretrain_validation_knn_top_1': scores['pretrain'],
+      'finetune_validation_top_1': finetune_scores,
+      'chosen_learning_rate': chosen,
       'seconds': seconds, 'total_seconds': round(time.time() - started, 1),
       'git': semi_supervised.git_info(),
       'machine': semi_supervised.machine_info(),
