@@ -36,7 +36,11 @@ SE = 'r50_w0.125_se0.25_64px'
 # Model variables that a reference checkpoint does not hold, with the reason.
 # None: the model mirrors the reference's object graph variable for variable.
 MODEL_VARIABLES_THE_REFERENCE_LACKS = {}
-RTOL = 1e-5
+# Relative to the largest value of an output. float32 kernels round
+# differently by CPU: AVX2 stays under 1e-5, an AVX-512 Xeon reached 3.5e-5
+# on ResNet-50 SK's final_avg_pool; a wrong padding, epsilon or weight
+# mapping is off by far more than 1e-4.
+RTOL = 1e-4
 
 
 # ------------------------------------------------------------------ helpers
