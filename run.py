@@ -96,6 +96,7 @@ flags.DEFINE_integer('steps_per_loop', 0, 'Training steps per tf.function call (
 flags.DEFINE_string('precision', 'float32', 'float32, bfloat16 or float16 (mixed precision; losses in float32).')
 flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.')
 flags.DEFINE_string('blur_placement', 'auto', 'Where pretraining blurs views: input (the tf.data pipeline, on the host CPU), device (the training step, on the GPU/TPU; frees the host at 224 px) or auto (device on a GPU or TPU, input on a CPU).')
+flags.DEFINE_float('crop_min_area', 0.08, 'Smallest random crop of training images, as a fraction of the image area (the crop of the pretraining views, and of finetuning and distillation); 0.08 as in the paper, 1 keeps whole images (flip only).')
 flags.DEFINE_string('color_jitter_version', 'simclrv2', 'simclrv2 (multiplicative brightness) or simclrv1.')
 flags.DEFINE_float('label_fraction', 1.0, 'Fraction of the train split with labels (class-balanced; 0.01 and 0.1 in the paper).')
 flags.DEFINE_integer('label_seed', 0, 'Seed choosing the labeled subset.')
@@ -157,7 +158,8 @@ def main(argv):
         FLAGS.show_augmentations, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, image_size=FLAGS.image_size,
         color_jitter_strength=FLAGS.color_jitter_strength,
-        use_blur=FLAGS.use_blur, split=FLAGS.train_split)
+        use_blur=FLAGS.use_blur, split=FLAGS.train_split,
+        crop_min_area=FLAGS.crop_min_area)
     print(f'wrote {FLAGS.show_augmentations}')
     return
   devices = None

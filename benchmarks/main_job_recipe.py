@@ -43,11 +43,19 @@ def _replace(flags, name, value):
   return kept + [f'--{name}={value}']
 
 
+def crop_min_area(flags):
+  """The --crop_min_area of run.py flags (run.py's default when absent)."""
+  try:
+    return float(flag_value(flags, 'crop_min_area'))
+  except KeyError:
+    return 0.08
+
+
 def validation_stages(work_dir, learning_rates=LEARNING_RATES, env=None,
-                      finetune_batch=None):
+                      finetune_batch=None, crop_min_area=None):
   """[(name, run.py flags)]: the main job's pretraining, then its finetuning
-  at each learning rate (and finetune_batch, when given), on TRAIN_SPLIT,
-  evaluated on VALIDATION_SPLIT."""
+  at each learning rate (and finetune_batch and crop_min_area, when given),
+  on TRAIN_SPLIT, evaluated on VALIDATION_SPLIT."""
   env = dict(env or {}, OUT=work_dir)
   by_name = {name: flags for name, _, flags in main_job.stages(env)}
   out = []
@@ -59,6 +67,8 @@ def validation_stages(work_dir, learning_rates=LEARNING_RATES, env=None,
   finetune = _replace(finetune, 'label_fraction', repr(LABELED / 55_000))
   if finetune_batch:
     finetune = _replace(finetune, 'train_batch_size', finetune_batch)
+  if crop_min_area:
+    finetune = _replace(finetune, 'crop_min_area', crop_min_area)
   for rate in learning_rates:
     flags = _replace(_replace(finetune, 'learning_rate', rate), 'model_dir',
                      os.path.join(work_dir, f'finetune_lr{rate:g}'))
@@ -79,6 +89,9 @@ def main(argv=None):
                       help="pretraining steps (default: the main job's)")
   parser.add_argument('--finetune_batch', type=int, default=None,
                       help="finetuning batch size (default: the main job's)")
+  parser.add_argument('--crop_min_area', type=float, default=None,
+                      help="finetuning's smallest crop (default: the main "
+                      "job's)")
   args = parser.parse_args(argv)
   rates = [float(rate) for rate in args.learning_rates.split(',')]
   env = {name: str(value) for name, value in (
@@ -90,7 +103,8 @@ def main(argv=None):
   os.makedirs(args.work_dir, exist_ok=True)
   started = time.time()
   scores, seconds = {}, {}
-  runs = validation_stages(args.work_dir, rates, env, args.finetune_batch)
+  runs = validation_stages(args.work_dir, rates, env, args.finetune_batch,
+                           args.crop_min_area)
   for name, flags in runs:
     stage_started = time.time()
     with main_job.output_to(os.path.join(args.work_dir, f'{name}.log')):
@@ -114,6 +128,7 @@ def main(argv=None):
       'finetune_epochs': int(flag_value(runs[-1][1], 'train_epochs')),
       'pretrain_steps': int(flag_value(runs[0][1], 'train_steps')),
       'finetune_batch': int(flag_value(runs[-1][1], 'train_batch_size')),
+      'finetune_crop_min_area': crop_min_area(runs[-1][1]),
       'pretrain_validation_knn_top_1': scores['pretrain'],
       'finetune_validation_top_1': finetune_scores,
       'chosen_learning_rate': chosen,

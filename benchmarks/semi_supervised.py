@@ -148,8 +148,13 @@ class Plan:
   # {0.0125, 0.05, 0.2} (68.5 against 64.8 at 0.05; e190523).
   supervised_learning_rates: tuple = (0.4, 1.6, 3.2, 6.4)
   finetune_learning_rates: tuple = (0.003125, 0.0125, 0.05, 0.2)
-  # Fractions whose learning rates are swept; the others reuse the choice
-  # made at the last swept fraction.
+  # The smallest crop of few-label training (run.py --crop_min_area; the
+  # paper's 0.08 cuts most of a 28 px garment away), chosen per arm on
+  # validation after the learning rate (swept at the first area) at the
+  # chosen rate. The students train on their teacher's crops.
+  few_label_crop_min_areas: tuple = (0.25, 0.08, 1.0)
+  # Fractions whose learning rates and crops are swept; the others reuse
+  # the choices made at the last swept fraction.
   sweep_fractions: tuple = (0.001, 0.01)
   # Distillation on the pool (alpha 1, tau 1): epochs of the self-distilled
   # student and of the half-width one.
@@ -235,12 +240,13 @@ class Plan:
     """{stage kind: number of training runs} of the whole protocol."""
     seeds = sum(len(s) for s in self.label_seeds.values())
     swept = len(self.sweep_fractions)
-    finetunes = swept * (len(self.finetune_learning_rates) - 1) + seeds
+    areas = len(self.few_label_crop_min_areas) - 1
+    finetunes = swept * (len(self.finetune_learning_rates) - 1 + areas) + seeds
     memory = 1 if self.memory_size else 0
     return {
         'pretrain': 1, 'linear_probe': 1,
-        'supervised': swept * (len(self.supervised_learning_rates) - 1) +
-                      seeds,
+        'supervised': swept * (len(self.supervised_learning_rates) - 1 +
+                               areas) + seeds,
         'finetune': finetunes,
         'self_distill': seeds + len(self.student_candidates(False)) - 1,
         'distill_small': seeds + len(self.student_candidates(True)) - 1,
@@ -256,8 +262,10 @@ class Plan:
             for rate in self.distill_learning_rates]
 
   def candidates(self, fraction, rates):
-    """How many learning rates are tried at `fraction`."""
-    return len(rates) if fraction in self.sweep_fractions else 1
+    """How many (learning rate, crop area) pairs are tried at `fraction`."""
+    if fraction not in self.sweep_fractions:
+      return 1
+    return len(rates) + len(self.few_label_crop_min_areas) - 1
 
 
 # Rates of run.py stages on a 2-core CPU machine (ResNet-18 width 0.125, 28
@@ -333,7 +341,7 @@ def make_plan(scale=1, quick=False):
         linear_batch=128, few_label_batch={f: 16 for f in FRACTIONS},
         few_label_epochs={0.001: 1, 0.01: 0.2, 0.1: 0.02},
         supervised_learning_rates=(0.1, 0.4), finetune_learning_rates=(0.1, 0.4),
-        sweep_fractions=(0.001,),
+        few_label_crop_min_areas=(0.25, 1.0), sweep_fractions=(0.001,),
         distill_batch=32, distill_epochs=128 / plan.pool_size,
         distill_small_epochs=128 / plan.pool_size,
         student_inits=('pretrained', 'teacher'), distill_learning_rates=(0.2,),
@@ -402,12 +410,18 @@ def linear_probe_flags(plan, model_dir, checkpoint):
           '--weight_decay=0', '--warmup_epochs=0']
 
 
+def few_label_name(prefix, key, seed, learning_rate, crop_min_area):
+  """The stage name of a few-label run."""
+  return f'{prefix}@{key}_seed{seed}_lr{learning_rate:g}_area{crop_min_area:g}'
+
+
 def few_label_flags(plan, fraction, seed, model_dir, learning_rate,
-                    checkpoint):
+                    checkpoint, crop_min_area):
   """Training on the labeled subset: everything trained, SGD + momentum,
-  weight decay 5e-4, cosine. checkpoint: a pretraining (finetuning from
-  projection-head layer 1 with a zero-initialised head: SimCLRv2) or
-  'scratch' (the supervised baseline: a plain ResNet and a linear head)."""
+  weight decay 5e-4, cosine, crops of crop_min_area to 1 of the image.
+  checkpoint: a pretraining (finetuning from projection-head layer 1 with a
+  zero-initialised head: SimCLRv2) or 'scratch' (the supervised baseline: a
+  plain ResNet and a linear head)."""
   from_scratch = checkpoint == 'scratch'
   steps = plan.steps()[f'few_label@{fraction_key(fraction)}']
   epochs = plan.few_label_epochs[fraction]
@@ -420,7 +434,7 @@ def few_label_flags(plan, fraction, seed, model_dir, learning_rate,
       f'--ft_proj_selector={0 if from_scratch else 1}',
       '--fine_tune_after_block=-1', '--optimizer=momentum',
       f'--learning_rate={learning_rate}', '--learning_rate_scaling=linear',
-      '--weight_decay=5e-4',
+      '--weight_decay=5e-4', f'--crop_min_area={crop_min_area}',
       f'--warmup_epochs={epochs / 20 if from_scratch else 0}'] + (
           [] if from_scratch else ['--zero_init_logits_layer'])
 
@@ -433,9 +447,10 @@ def student_init_checkpoint(init, pretrain_dir, teacher):
 
 
 def distill_flags(plan, model_dir, teacher, learning_rate, small=False,
-                  init_checkpoint=None):
-  """The student on the pool without labels (alpha 1, tau 1), SGD + momentum:
-  the teacher's architecture, or with small the half-width student.
+                  init_checkpoint=None, crop_min_area=0.08):
+  """The student on the pool without labels (alpha 1, tau 1), SGD + momentum,
+  crops of crop_min_area to 1 of the image (its teacher's): the teacher's
+  architecture, or with small the half-width student.
   init_checkpoint: a pretraining of the student's width or the teacher (the
   student then reads projection-head layer 1, like its teacher, through a new
   zero-initialised head) or None (a plain ResNet from scratch)."""
@@ -447,7 +462,7 @@ def distill_flags(plan, model_dir, teacher, learning_rate, small=False,
       '--distill_temperature=1', f'--train_batch_size={plan.distill_batch}',
       '--optimizer=momentum', f'--learning_rate={learning_rate}',
       '--learning_rate_scaling=linear', '--weight_decay=1e-4',
-      '--warmup_epochs=0.05']
+      '--warmup_epochs=0.05', f'--crop_min_area={crop_min_area}']
   if init_checkpoint:
     return flags + [f'--checkpoint={init_checkpoint}', '--ft_proj_selector=1',
                     '--zero_init_logits_layer']
@@ -687,7 +702,7 @@ def run_protocol(plan, stages, echo=print):
   for fraction in FRACTIONS:
     key = fraction_key(fraction)
     seeds = plan.label_seeds[fraction]
-    teachers = {}
+    teachers, crop_areas = {}, {}
     # The supervised baseline and finetuning: the learning rate of each on
     # the validation split at label seed 0, the same number of candidates.
     few_label_arms = [
@@ -699,32 +714,51 @@ def run_protocol(plan, stages, echo=print):
     for arm, rates, checkpoint in few_label_arms:
       prefix = {'supervised': 'supervised', 'simclr': 'finetune',
                 MEMORY_ARM: 'finetune_memory'}[arm]
-      choice_key = f'{arm}_learning_rate@{key}'
+      areas = plan.few_label_crop_min_areas
+      rate_key = f'{arm}_learning_rate@{key}'
+      area_key = f'{arm}_crop_min_area@{key}'
       if fraction not in plan.sweep_fractions:
         swept = [k for k in choices if k.startswith(f'{arm}_learning_rate@')
                  and 'reused_from' not in choices[k]]
+        swept_key = swept[-1].split('@')[1]
         rates = (choices[swept[-1]]['chosen'],)
-      scores, flags_of = {}, {}
-      for rate in rates if len(rates) > 1 else ():
-        name = f'{prefix}@{key}_seed{seeds[0]}_lr{rate:g}'
-        flags_of[rate] = few_label_flags(plan, fraction, seeds[0],
-                                         stages.model_dir(name), rate,
-                                         checkpoint)
-        scores[rate] = stages.validation_top_1(name, flags_of[rate])
-      rate = best_of(scores) if scores else rates[0]
-      choices[choice_key] = {
-          'validation_top_1': {f'{r:g}': s for r, s in scores.items()},
-          'chosen': rate}
+        areas = (choices[f'{arm}_crop_min_area@{swept_key}']['chosen'],)
+      # The rate at the first crop area, then the crop area at that rate.
+      flags_of = {}
+
+      def candidate(rate, area, seed=seeds[0]):
+        name = few_label_name(prefix, key, seed, rate, area)
+        flags_of[rate, area] = few_label_flags(
+            plan, fraction, seed, stages.model_dir(name), rate, checkpoint,
+            crop_min_area=area)
+        return stages.validation_top_1(name, flags_of[rate, area])
+
+      rate_scores = ({r: candidate(r, areas[0]) for r in rates}
+                     if len(rates) > 1 else {})
+      rate = best_of(rate_scores) if rate_scores else rates[0]
+      area_scores = ({a: candidate(rate, a) for a in areas}
+                     if len(areas) > 1 else {})
+      area = best_of(area_scores) if area_scores else areas[0]
+      choices[rate_key] = {
+          'validation_top_1': {f'{r:g}': v for r, v in rate_scores.items()},
+          'chosen': rate, 'crop_min_area': areas[0]}
+      choices[area_key] = {
+          'validation_top_1': {f'{a:g}': v for a, v in area_scores.items()},
+          'chosen': area, 'learning_rate': rate}
       if fraction not in plan.sweep_fractions:
-        choices[choice_key]['reused_from'] = swept[-1]
+        choices[rate_key]['reused_from'] = swept[-1]
+        choices[area_key]['reused_from'] = f'{arm}_crop_min_area@{swept_key}'
+      crop_areas[arm] = area
       per_seed = []
       for seed in seeds:
-        name = f'{prefix}@{key}_seed{seed}_lr{rate:g}'
-        if rate in flags_of and seed == seeds[0]:
-          result = stages.test(name, flags_of[rate])  # Trained on the sweep.
+        name = few_label_name(prefix, key, seed, rate, area)
+        if (rate, area) in flags_of and seed == seeds[0]:
+          # Trained in the sweep.
+          result = stages.test(name, flags_of[rate, area])
         else:
           result = stages.train_and_test(name, few_label_flags(
-              plan, fraction, seed, stages.model_dir(name), rate, checkpoint))
+              plan, fraction, seed, stages.model_dir(name), rate, checkpoint,
+              crop_min_area=area))
         per_seed.append(result['label_top_1_accuracy'])
         if arm == 'simclr':
           teachers[seed] = stages.model_dir(name)
@@ -736,10 +770,11 @@ def run_protocol(plan, stages, echo=print):
         if arm not in student_recipes:
           student_recipes[arm] = _choose_student(
               plan, stages, arm, key, seed, teachers[seed],
-              pretrain_dirs[arm], choices)
+              pretrain_dirs[arm], choices, crop_areas['simclr'])
         name, flags = _student_run(plan, stages, arm, key, seed,
                                    teachers[seed], pretrain_dirs[arm],
-                                   *student_recipes[arm])
+                                   *student_recipes[arm],
+                                   crop_min_area=crop_areas['simclr'])
         chosen_on = choices[f'{arm}_student'].get('run')
         result = (stages.test(name, flags) if name == chosen_on else
                   stages.train_and_test(name, flags))
@@ -806,20 +841,23 @@ def small_pretraining(plan, stages, encoder):
 
 
 def _student_run(plan, stages, arm, key, seed, teacher, pretrain_dir, init,
-                 rate):
+                 rate, crop_min_area):
   """(stage name, flags) of a student of `arm` for (key, seed): starting
   from init ('pretrained' reads pretrain_dir, called first when it is a
-  function), trained at learning rate `rate`."""
-  name = f'{arm}@{key}_seed{seed}_{init}_lr{rate:g}'
+  function), trained at learning rate `rate` on crops of crop_min_area to 1
+  (its teacher's finetuning crops)."""
+  name = (f'{arm}@{key}_seed{seed}_{init}_lr{rate:g}'
+          f'_area{crop_min_area:g}')
   start = student_init_checkpoint(
       init, _called(pretrain_dir) if init == 'pretrained' else None, teacher)
   return name, distill_flags(plan, stages.model_dir(name), teacher, rate,
                              small=arm == 'distill_small',
-                             init_checkpoint=start)
+                             init_checkpoint=start,
+                             crop_min_area=crop_min_area)
 
 
 def _choose_student(plan, stages, arm, key, seed, teacher, pretrain_dir,
-                    choices):
+                    choices, crop_min_area):
   """A student's (start, learning rate) among plan.student_candidates: with
   several, each trained once on the first cell and the best on validation
   kept (its run is then that cell's final run: 'run' in the record).
@@ -838,7 +876,7 @@ def _choose_student(plan, stages, arm, key, seed, teacher, pretrain_dir,
   scores, names = {}, {}
   for init, rate in candidates:
     name, flags = _student_run(plan, stages, arm, key, seed, teacher,
-                               pretrain_dir, init, rate)
+                               pretrain_dir, init, rate, crop_min_area)
     names[init, rate] = name
     scores[init, rate] = stages.validation_top_1(name, flags)
   chosen = best_of(scores)

@@ -62,17 +62,19 @@ def test_shape_dtype_range_eager_and_in_dataset_map(name):
     assert np.all(np.isfinite(result))
 
 
-def test_crop_boxes_area_and_aspect_within_parameters():
+@pytest.mark.parametrize('min_area', [0.08, 0.5])
+def test_crop_boxes_area_and_aspect_within_parameters(min_area):
   height, width = 200, 200
-  boxes = _many(lambda _: tf.stack(augment.sample_crop_box(height, width)),
-                tf.zeros([]), count=DRAWS)
+  boxes = _many(lambda _: tf.stack(augment.sample_crop_box(
+      height, width, area_range=(min_area, 1.))), tf.zeros([]), count=DRAWS)
   offset_y, offset_x, crop_height, crop_width = boxes.T
   area = crop_height * crop_width / (height * width)
   aspect = crop_width / crop_height
   # Rounding to whole pixels moves the area and ratio by under a pixel.
-  assert area.min() >= 0.08 * 0.97 and area.max() <= 1.
+  assert area.min() >= min_area * 0.97 and area.max() <= 1.
   assert aspect.min() >= 0.75 * 0.97 and aspect.max() <= 4. / 3. * 1.03
-  assert area.min() < 0.1 and area.max() > 0.9  # The whole range is used.
+  # The whole range is used.
+  assert area.min() < min_area + 0.02 and area.max() > 0.9
   assert np.all(offset_y >= 0) and np.all(offset_y + crop_height <= height)
   assert np.all(offset_x >= 0) and np.all(offset_x + crop_width <= width)
   # Log-uniform aspect: as many portrait as landscape crops.
@@ -240,6 +242,32 @@ def test_finetune_is_crop_and_flip_only():
       [0.2, 0.5, 0.9], results.shape), atol=1e-5)
   assert math.isclose(float(results.mean()), (0.2 + 0.5 + 0.9) / 3,
                       rel_tol=1e-4)
+
+
+@pytest.mark.parametrize('preprocess', [
+    lambda x, seed: augment.preprocess_for_finetune(
+        x, 28, 28, seed=seed, crop_min_area=1.),
+    lambda x, seed: augment.preprocess_for_pretrain(
+        x, 28, 28, color_jitter_strength=0., seed=seed, crop_min_area=1.)])
+def test_whole_image_crop_leaves_the_image_or_its_mirror(preprocess):
+  """crop_min_area 1: every crop is the whole image (at its own size the
+  resize is exact); only the flip (and, in a pretraining view, the
+  grayscale coin) is left."""
+  image = _colourful_image(28, 28, seed=3)
+  mirror = image.numpy()[:, ::-1]
+  grey = np.broadcast_to(
+      (image.numpy() @ [0.2989, 0.587, 0.114])[..., None], (28, 28, 3))
+  kinds = set()
+  for index in range(40):
+    view = preprocess(image, tf.constant([index, 7], tf.int64)).numpy()
+    for kind, expected in (('same', image.numpy()), ('mirror', mirror),
+                           ('grey', grey), ('grey mirror', grey[:, ::-1])):
+      if np.allclose(view, expected, atol=2e-3):
+        kinds.add(kind)
+        break
+    else:
+      raise AssertionError(f'draw {index}: not the whole image')
+  assert {'same', 'mirror'} <= kinds
 
 
 # ---------------------------------------------------------------- blur on device

@@ -65,6 +65,25 @@ def test_pretrain_views_differ():
   assert not np.array_equal(view_1, view_2)
 
 
+@pytest.mark.parametrize('crop_min_area, whole', [(1., True), (0.08, False)])
+def test_crop_min_area_reaches_the_training_crop(crop_min_area, whole):
+  """At 1 every finetuning image is its source image or that mirrored (the
+  same size: no resize); at the paper's 0.08 most are not."""
+  config = _config(augmentation='finetune', is_training=True,
+                   deterministic=True, batch_size=128,
+                   crop_min_area=crop_min_area)
+  images, labels = next(iter(data.build_dataset(config)))
+  source = data.synthetic_arrays('train')[0] / 255.
+  originals = {key: True for key in _fingerprints(source)}
+  originals.update({key: True for key in _fingerprints(source[:, :, ::-1])})
+  found = [key in originals for key in _fingerprints(images.numpy())]
+  assert len(labels) == 128
+  if whole:
+    assert all(found)
+  else:
+    assert np.mean(found) < 0.2
+
+
 def test_eval_pass_keeps_remainder_and_matches_source():
   images, labels = _collect(data.build_dataset(_config(split='test',
                                                        batch_size=100)))

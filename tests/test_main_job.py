@@ -135,6 +135,10 @@ def test_recipe_search_reads_validation_never_test_with_the_main_jobs_sizes():
   assert '--learning_rate=0.4' in finetune
   assert '--model_dir=/w/finetune_lr0.4' in finetune
   assert '--checkpoint=/w/pretrain' in finetune
+  cropped = dict(recipe.validation_stages('/w', (0.2,), crop_min_area=0.5))
+  assert '--crop_min_area=0.5' in cropped['finetune_lr0.2']
+  assert recipe.crop_min_area(cropped['finetune_lr0.2']) == 0.5
+  assert recipe.crop_min_area(['--learning_rate=0.2']) == 0.08
   keys = [str(i) for i in range(55_000)]
   labels = [i % 10 for i in range(55_000)]
   mask = data.label_subset_mask(np.array(keys), np.array(labels), 10,

@@ -264,6 +264,8 @@ def test_default_config_is_valid():
     (dict(temperature=0.0), '--temperature'),
     (dict(distill_alpha=1.5), '--distill_alpha'),
     (dict(label_fraction=0.0), '--label_fraction'),
+    (dict(crop_min_area=0.0), '--crop_min_area'),
+    (dict(crop_min_area=1.5), '--crop_min_area'),
     (dict(fine_tune_after_block=5, train_mode='finetune'),
      '--fine_tune_after_block'),
     (dict(train_mode='distill'), '--teacher_checkpoint'),

@@ -156,7 +156,10 @@ def test_default_plan_seeds_and_steps():
       600 * plan.few_label_epochs[0.01] // plan.few_label_batch[0.01] + 1)
   # Learning rates are swept where labels are fewest, then reused.
   assert plan.sweep_fractions == (0.001, 0.01)
-  assert plan.runs()['supervised'] == 2 * 3 + 7 == plan.runs()['finetune']
+  # Per swept fraction and arm: 4 rates, then 2 more crop areas at the
+  # chosen rate; then the other seeds and the reused fraction.
+  assert plan.runs()['supervised'] == 2 * (3 + 2) + 7 == plan.runs()[
+      'finetune']
   assert len(plan.supervised_learning_rates) == len(
       plan.finetune_learning_rates)  # The same tuning effort.
 
@@ -171,20 +174,23 @@ def test_scale_multiplies_epochs_and_widths():
 
 def test_stage_flags_read_validation_and_test_only_when_asked():
   plan = semi.make_plan()
-  finetune = semi.few_label_flags(plan, 0.01, 2, '/m', 0.2, '/p')
+  finetune = semi.few_label_flags(plan, 0.01, 2, '/m', 0.2, '/p', 0.25)
+  assert '--crop_min_area=0.25' in finetune
   assert '--ft_proj_selector=1' in finetune
   assert '--zero_init_logits_layer' in finetune
   assert '--label_seed=2' in finetune
   assert '--train_split=train[5000:]' in finetune
   assert '--eval_split=train[:5000]' in finetune
-  supervised = semi.few_label_flags(plan, 0.01, 0, '/m', 0.8, 'scratch')
+  supervised = semi.few_label_flags(plan, 0.01, 0, '/m', 0.8, 'scratch', 1.0)
+  assert '--crop_min_area=1.0' in supervised
   assert '--checkpoint=scratch' in supervised
   assert '--ft_proj_selector=0' in supervised
   small = semi.distill_flags(plan, '/m', '/t', 0.2, small=True)
   assert f'--width_multiplier={plan.student_width}' in small
   assert not any(f.startswith('--checkpoint=') for f in small)
   self_distill = semi.distill_flags(plan, '/m', '/t', 0.05,
-                                   init_checkpoint='/p')
+                                   init_checkpoint='/p', crop_min_area=0.5)
+  assert '--crop_min_area=0.5' in self_distill
   assert f'--width_multiplier={plan.width}' in self_distill
   assert f'--train_steps={plan.steps()["distill"]}' in self_distill
   assert f'--train_steps={plan.steps()["distill_small"]}' in small
@@ -237,7 +243,9 @@ class _FakeStages(semi.Stages):
     self.calls.append((name, flags))
     value = lambda flag: semi._flag_value(flags, flag)  # pylint: disable=unnecessary-lambda-assignment
     score = 0.5 + 0.1 * ('lr0.05' in name or 'lr1.6' in name) + 0.1 * (
-        '_pretrained_' in name)
+        '_pretrained_' in name) + 0.05 * (
+            'supervised' in name and 'area0.08' in name or
+            'finetune' in name and 'area1' in name)
     result = {'eval_split': value('eval_split'), 'label_top_1_accuracy': score,
               'knn_top_1': 0.6, 'teacher_agreement': 0.9}
     self.records[name] = {'seconds': 1.0, 'result': result, 'train': {}}
@@ -270,37 +278,56 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   chosen = results['validation_choices']
   for fraction in plan.sweep_fractions:
     key = semi.fraction_key(fraction)
+    # Rates at the first crop area, then the areas at the chosen rate.
     assert chosen[f'supervised_learning_rate@{key}']['chosen'] == 1.6
     assert chosen[f'simclr_learning_rate@{key}']['chosen'] == 0.05
-    assert f'supervised@{key}_seed0_lr1.6:test' in tested
-    assert f'supervised@{key}_seed0_lr0.4:test' not in tested
-    assert f'supervised@{key}_seed0_lr0.4' in validated
-  assert 'finetune@0.1_seed0_lr0.05' in tested  # Reused rate: trained on test.
-  # The students' (start, learning rate): every pair trained on validation
-  # at the first cell, the chosen one then tested; the half-width
-  # pretraining ran once, before the first candidate starting from it.
+    assert chosen[f'supervised_crop_min_area@{key}']['chosen'] == 0.08
+    assert chosen[f'simclr_crop_min_area@{key}']['chosen'] == 1.0
+    assert set(chosen[f'simclr_crop_min_area@{key}']['validation_top_1']) == {
+        '0.25', '0.08', '1'}
+    assert f'supervised@{key}_seed0_lr1.6_area0.08:test' in tested
+    assert f'supervised@{key}_seed0_lr1.6_area0.25:test' not in tested
+    for name in (f'supervised@{key}_seed0_lr0.4_area0.25',
+                 f'supervised@{key}_seed0_lr1.6_area0.25',
+                 f'supervised@{key}_seed0_lr1.6_area1',
+                 f'finetune@{key}_seed0_lr0.05_area0.08'):
+      assert name in validated
+    # No crop area tried at a rate that was not chosen.
+    assert f'supervised@{key}_seed0_lr0.4_area0.08' not in validated
+    assert f'supervised@{key}_seed1_lr1.6_area0.08' in tested
+  # The reused fraction: the last swept choices, trained on test.
+  assert 'finetune@0.1_seed0_lr0.05_area1' in tested
+  assert 'supervised@0.1_seed0_lr1.6_area0.08' in tested
+  assert chosen['supervised_crop_min_area@0.1']['reused_from'] == (
+      'supervised_crop_min_area@0.01')
+  # The students: their teacher's crops; every (start, learning rate) pair
+  # trained on validation at the first cell, the chosen one then tested;
+  # the half-width pretraining ran once, before the first candidate
+  # starting from it.
   assert chosen['self_distill_student']['chosen'] == 'teacher lr0.05'
   assert set(chosen['self_distill_student']['validation_top_1']) == {
       'teacher lr0.05', 'teacher lr0.2'}
   assert chosen['distill_small_student']['chosen'] == 'pretrained lr0.05'
   assert len(chosen['distill_small_student']['validation_top_1']) == 4
-  for name in ('distill_small@0.001_seed0_scratch_lr0.05',
-               'distill_small@0.001_seed0_scratch_lr0.2',
-               'distill_small@0.001_seed0_pretrained_lr0.2',
-               'self_distill@0.001_seed0_teacher_lr0.2'):
+  for name in ('distill_small@0.001_seed0_scratch_lr0.05_area1',
+               'distill_small@0.001_seed0_scratch_lr0.2_area1',
+               'distill_small@0.001_seed0_pretrained_lr0.2_area1',
+               'self_distill@0.001_seed0_teacher_lr0.2_area1'):
     assert name in validated
-  assert 'distill_small@0.001_seed0_pretrained_lr0.05:test' in tested
-  assert 'self_distill@0.001_seed0_teacher_lr0.05:test' in tested
-  assert 'distill_small@0.01_seed1_pretrained_lr0.05' in tested
-  assert '--learning_rate=0.05' in dict(stages.calls)[
-      'self_distill@0.1_seed0_teacher_lr0.05']
+  assert 'distill_small@0.001_seed0_pretrained_lr0.05_area1:test' in tested
+  assert 'self_distill@0.001_seed0_teacher_lr0.05_area1:test' in tested
+  assert 'distill_small@0.01_seed1_pretrained_lr0.05_area1' in tested
+  final_student = dict(stages.calls)[
+      'self_distill@0.1_seed0_teacher_lr0.05_area1']
+  assert '--learning_rate=0.05' in final_student
+  assert '--crop_min_area=1.0' in final_student
   names = [name for name, _ in stages.calls]
   assert names.count('pretrain_small') == 1
   assert names.index('pretrain_small') < names.index(
-      'distill_small@0.001_seed0_pretrained_lr0.05')
+      'distill_small@0.001_seed0_pretrained_lr0.05_area1')
   small_pretrain_dir = stages.model_dir('pretrain_small')
   assert f'--checkpoint={small_pretrain_dir}' in dict(stages.calls)[
-      'distill_small@0.01_seed1_pretrained_lr0.05']
+      'distill_small@0.01_seed1_pretrained_lr0.05_area1']
   assert results['encoder']['student_knn_top_1'] == 0.6
   for arm in semi.ARMS:
     assert set(results['top_1'][arm]) == {'0.001', '0.01', '0.1'}

@@ -153,14 +153,17 @@ def sample_crop_box(image_height, image_width,
 
 
 def random_crop_with_resize(image: tf.Tensor, height: int, width: int,
-                            seed: Optional[tf.Tensor] = None) -> tf.Tensor:
-  """Random area/aspect crop (`sample_crop_box`), bicubic resize.
+                            seed: Optional[tf.Tensor] = None,
+                            min_area: float = CROP_AREA_RANGE[0]) -> tf.Tensor:
+  """Random area/aspect crop (`sample_crop_box`, area in [min_area, 1] of
+  the image), bicubic resize.
 
   image: float32 [H, W, 3] in [0, 1] -> float32 [height, width, 3] in [0, 1].
   """
   shape = tf.shape(image)
   offset_y, offset_x, crop_height, crop_width = sample_crop_box(
-      shape[0], shape[1], seed=seed)
+      shape[0], shape[1], area_range=(min_area, CROP_AREA_RANGE[1]),
+      seed=seed)
   image = tf.image.crop_to_bounding_box(image, offset_y, offset_x,
                                         crop_height, crop_width)
   return _resize_bicubic(image, height, width)
@@ -377,14 +380,18 @@ def preprocess_for_pretrain(image: tf.Tensor, height: int, width: int,
                             color_jitter_strength: float = 1.0,
                             color_jitter_version: str = 'simclrv2',
                             use_blur: bool = True,
-                            seed: Optional[tf.Tensor] = None) -> tf.Tensor:
-  """One contrastive view: crop, flip, color jitter (p 0.8), grayscale (p 0.2),
-  blur (p 0.5; never at <= 32 px, the CIFAR variant).
+                            seed: Optional[tf.Tensor] = None,
+                            crop_min_area: float = CROP_AREA_RANGE[0]
+                            ) -> tf.Tensor:
+  """One contrastive view: crop (area crop_min_area to 1), flip, color
+  jitter (p 0.8), grayscale (p 0.2), blur (p 0.5; never at <= 32 px, the
+  CIFAR variant).
 
   image: float32 [H, W, 3] in [0, 1] -> float32 [height, width, 3] in [0, 1].
   """
   crop_seed, flip_seed, jitter_seed, gray_seed, blur_seed = _split_seed(seed, 5)
-  image = random_crop_with_resize(image, height, width, crop_seed)
+  image = random_crop_with_resize(image, height, width, crop_seed,
+                                  crop_min_area)
   image = random_flip(image, flip_seed)
   if color_jitter_strength > 0:
     image = random_color_jitter(image, color_jitter_strength,
@@ -396,13 +403,17 @@ def preprocess_for_pretrain(image: tf.Tensor, height: int, width: int,
 
 
 def preprocess_for_finetune(image: tf.Tensor, height: int, width: int,
-                            seed: Optional[tf.Tensor] = None) -> tf.Tensor:
-  """Crop and flip (finetune and distill training).
+                            seed: Optional[tf.Tensor] = None,
+                            crop_min_area: float = CROP_AREA_RANGE[0]
+                            ) -> tf.Tensor:
+  """Crop (area crop_min_area to 1) and flip (finetune and distill
+  training).
 
   image: float32 [H, W, 3] in [0, 1] -> float32 [height, width, 3] in [0, 1].
   """
   crop_seed, flip_seed = _split_seed(seed, 2)
-  image = random_crop_with_resize(image, height, width, crop_seed)
+  image = random_crop_with_resize(image, height, width, crop_seed,
+                                  crop_min_area)
   image = random_flip(image, flip_seed)
   return _finish(image, height, width)
 

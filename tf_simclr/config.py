@@ -83,6 +83,7 @@ class Config(architecture_lib.ModelConfig):
   color_jitter_strength: float = 1.0
   color_jitter_version: str = 'simclrv2'
   use_blur: bool = True
+  crop_min_area: float = 0.08
   blur_placement: str = 'auto'
   label_fraction: float = 1.0
   label_seed: int = 0
@@ -171,6 +172,8 @@ class Config(architecture_lib.ModelConfig):
          f'--label_fraction must be in (0, 1], got {self.label_fraction}')
     need(self.color_jitter_strength >= 0,
          f'--color_jitter_strength must be >= 0, got {self.color_jitter_strength}')
+    need(0 < self.crop_min_area <= 1,
+         f'--crop_min_area must be in (0, 1], got {self.crop_min_area}')
     need(-1 <= self.fine_tune_after_block <= 4,
          f'--fine_tune_after_block must be in -1..4, got {self.fine_tune_after_block}')
     need(self.num_proj_layers >= 1 or self.proj_head_mode != 'nonlinear',

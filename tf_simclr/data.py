@@ -60,6 +60,7 @@ class InputConfig:
   color_jitter_strength: float = 1.0
   color_jitter_version: str = 'simclrv2'
   use_blur: bool = True
+  crop_min_area: float = augment.CROP_AREA_RANGE[0]
   label_fraction: float = 1.0
   label_seed: int = 0
   subset: str = 'all'
@@ -78,7 +79,8 @@ class InputConfig:
         image_size=config.image_size,
         color_jitter_strength=config.color_jitter_strength,
         color_jitter_version=config.color_jitter_version,
-        use_blur=config.use_blur, label_fraction=config.label_fraction,
+        use_blur=config.use_blur, crop_min_area=config.crop_min_area,
+        label_fraction=config.label_fraction,
         label_seed=config.label_seed, cache=config.cache_dataset,
         deterministic=config.deterministic, seed=config.seed,
         skip_bad_images=config.skip_bad_images, **fields)
@@ -212,9 +214,11 @@ def _augment_function(config: InputConfig):
     if config.augmentation == 'pretrain':
       return augment.preprocess_for_pretrain(
           image, size, size, config.color_jitter_strength,
-          config.color_jitter_version, config.use_blur, seed=seed)
+          config.color_jitter_version, config.use_blur, seed=seed,
+          crop_min_area=config.crop_min_area)
     if config.augmentation == 'finetune':
-      return augment.preprocess_for_finetune(image, size, size, seed=seed)
+      return augment.preprocess_for_finetune(
+          image, size, size, seed=seed, crop_min_area=config.crop_min_area)
     return augment.preprocess_for_eval(image, size, size)
 
   def function(image, seed):

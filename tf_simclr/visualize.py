@@ -35,7 +35,9 @@ def _originals_from_config(config: data.InputConfig, num_images: int):
 def augmentation_grid(images, image_size: int,
                       color_jitter_strength: float = 1.0,
                       color_jitter_version: str = 'simclrv2',
-                      use_blur: bool = True, seed: int = 0) -> np.ndarray:
+                      use_blur: bool = True, seed: int = 0,
+                      crop_min_area: float = augment.CROP_AREA_RANGE[0]
+                      ) -> np.ndarray:
   """uint8 [N, H, W, 3] (or float in [0, 1]) -> the grid, uint8
   [N (S + p) + p, 3 (S + p) + p, 3], S = image_size, p = 2 white pixels."""
   images = tf.convert_to_tensor(images)
@@ -52,7 +54,8 @@ def augmentation_grid(images, image_size: int,
     original = tf.image.resize(image, [size, size], method='bicubic')
     views = [augment.preprocess_for_pretrain(
         image, size, size, color_jitter_strength, color_jitter_version,
-        use_blur, seed=tf.constant([seed, 2 * row + view], tf.int64))
+        use_blur, seed=tf.constant([seed, 2 * row + view], tf.int64),
+        crop_min_area=crop_min_area)
              for view in range(2)]
     for column, tile_image in enumerate([original] + views):
       tile_uint8 = tf.image.convert_image_dtype(
@@ -70,12 +73,14 @@ def write_augmentation_grid(path: str,
                             image_size: Optional[int] = None,
                             color_jitter_strength: float = 1.0,
                             color_jitter_version: str = 'simclrv2',
-                            use_blur: bool = True, seed: int = 0) -> str:
+                            use_blur: bool = True, seed: int = 0,
+                            crop_min_area: float = augment.CROP_AREA_RANGE[0]
+                            ) -> str:
   """Writes a PNG grid: per row an original and its two pretraining views.
 
   images_or_config: uint8 [N, H, W, 3] images, or a data.InputConfig whose
-    first num_images examples are shown, with its image size and colour-jitter
-    and blur settings (the arguments here are then ignored).
+    first num_images examples are shown, with its image size, crop,
+    colour-jitter and blur settings (the arguments here are then ignored).
   image_size: tile size in pixels; default the images' height.
   Returns path.
   """
@@ -86,11 +91,13 @@ def write_augmentation_grid(path: str,
     color_jitter_strength = config.color_jitter_strength
     color_jitter_version = config.color_jitter_version
     use_blur = config.use_blur
+    crop_min_area = config.crop_min_area
   else:
     images = tf.convert_to_tensor(images_or_config)[:num_images]
     image_size = image_size or int(images.shape[1])
   grid = augmentation_grid(images, image_size, color_jitter_strength,
-                           color_jitter_version, use_blur, seed)
+                           color_jitter_version, use_blur, seed,
+                           crop_min_area)
   if os.path.dirname(path):
     tf.io.gfile.makedirs(os.path.dirname(path))
   tf.io.write_file(path, tf.io.encode_png(grid))
@@ -101,14 +108,16 @@ def write_augmentation_grid_for_dataset(
     path: str, dataset: str, data_dir: Optional[str] = None,
     split: str = 'train', image_size: int = 32, num_images: int = 8,
     color_jitter_strength: float = 1.0, color_jitter_version: str = 'simclrv2',
-    use_blur: bool = True, seed: int = 0) -> str:
+    use_blur: bool = True, seed: int = 0,
+    crop_min_area: float = augment.CROP_AREA_RANGE[0]) -> str:
   """`write_augmentation_grid` for the first num_images of a dataset split
   (what run.py --show_augmentations calls). Returns path."""
   config = data.InputConfig(
       dataset=dataset, split=split, image_size=image_size,
       batch_size=num_images, augmentation='pretrain', is_training=False,
       data_dir=data_dir, color_jitter_strength=color_jitter_strength,
-      color_jitter_version=color_jitter_version, use_blur=use_blur)
+      color_jitter_version=color_jitter_version, use_blur=use_blur,
+      crop_min_area=crop_min_area)
   return write_augmentation_grid(path, config, num_images=num_images,
                                  seed=seed)
 
@@ -140,6 +149,8 @@ def main(argv=None):
                       choices=augment.COLOR_JITTER_VERSIONS)
   parser.add_argument('--use_blur', default=True,
                       type=lambda v: v.lower() in ('1', 'true', 'yes'))
+  parser.add_argument('--crop_min_area', type=float,
+                      default=augment.CROP_AREA_RANGE[0])
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--output', required=True, help='PNG path to write')
   args = parser.parse_args(argv)
@@ -147,7 +158,7 @@ def main(argv=None):
     path = write_augmentation_grid_for_dataset(
         args.output, args.dataset, args.data_dir, args.split, args.image_size,
         args.num_images, args.color_jitter_strength, args.color_jitter_version,
-        args.use_blur, args.seed)
+        args.use_blur, args.seed, args.crop_min_area)
   except data.DataError as error:
     parser.exit(2, f'error: {error}\n')
   print(f'wrote {path}')
