@@ -118,6 +118,9 @@ def stages(env):
            f'--train_epochs={env.get("FINETUNE_EPOCHS", "12")}',
            '--train_batch_size=128', '--optimizer=momentum',
            '--learning_rate=0.2', '--weight_decay=5e-4', '--warmup_epochs=0',
+           # Whole images, flipped (on validation 87.9 % against 83.6 with
+           # the paper's crops of 8-100 % of the image, 82.0 with 25-100 %).
+           '--crop_min_area=1',
            '--ft_proj_selector=1', '--zero_init_logits_layer',
            '--export=false']),
       # The student starts from the finetuned network's backbone and head, a
@@ -131,7 +134,7 @@ def stages(env):
            f'--train_steps={env.get("DISTILL_STEPS", "120")}',
            '--train_batch_size=128', '--optimizer=momentum',
            '--learning_rate=0.2', '--weight_decay=1e-4',
-           '--warmup_epochs=0.05']),
+           '--warmup_epochs=0.05', '--crop_min_area=1']),  # The teacher's crops.
   ]
 
 
