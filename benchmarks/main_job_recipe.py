@@ -28,6 +28,7 @@ if REPO not in sys.path:
 
 from benchmarks import semi_supervised  # pylint: disable=wrong-import-position
 from scripts import main_job  # pylint: disable=wrong-import-position
+from tf_simclr import config as config_lib  # pylint: disable=wrong-import-position
 
 VALIDATION_SPLIT = 'train[:5000]'
 TRAIN_SPLIT = 'train[5000:]'
@@ -48,7 +49,7 @@ def crop_min_area(flags):
   try:
     return float(flag_value(flags, 'crop_min_area'))
   except KeyError:
-    return 0.08
+    return config_lib.Config.crop_min_area
 
 
 def validation_stages(work_dir, learning_rates=LEARNING_RATES, env=None,

@@ -447,10 +447,11 @@ def student_init_checkpoint(init, pretrain_dir, teacher):
 
 
 def distill_flags(plan, model_dir, teacher, learning_rate, small=False,
-                  init_checkpoint=None, crop_min_area=0.08):
+                  init_checkpoint=None, crop_min_area=None):
   """The student on the pool without labels (alpha 1, tau 1), SGD + momentum,
-  crops of crop_min_area to 1 of the image (its teacher's): the teacher's
-  architecture, or with small the half-width student.
+  crops of crop_min_area to 1 of the image (its teacher's; None: run.py's
+  default): the teacher's architecture, or with small the half-width
+  student.
   init_checkpoint: a pretraining of the student's width or the teacher (the
   student then reads projection-head layer 1, like its teacher, through a new
   zero-initialised head) or None (a plain ResNet from scratch)."""
@@ -462,7 +463,8 @@ def distill_flags(plan, model_dir, teacher, learning_rate, small=False,
       '--distill_temperature=1', f'--train_batch_size={plan.distill_batch}',
       '--optimizer=momentum', f'--learning_rate={learning_rate}',
       '--learning_rate_scaling=linear', '--weight_decay=1e-4',
-      '--warmup_epochs=0.05', f'--crop_min_area={crop_min_area}']
+      '--warmup_epochs=0.05'] + (
+          [] if crop_min_area is None else [f'--crop_min_area={crop_min_area}'])
   if init_checkpoint:
     return flags + [f'--checkpoint={init_checkpoint}', '--ft_proj_selector=1',
                     '--zero_init_logits_layer']
@@ -702,7 +704,7 @@ def run_protocol(plan, stages, echo=print):
   for fraction in FRACTIONS:
     key = fraction_key(fraction)
     seeds = plan.label_seeds[fraction]
-    teachers, crop_areas = {}, {}
+    teachers = {}
     # The supervised baseline and finetuning: the learning rate of each on
     # the validation split at label seed 0, the same number of candidates.
     few_label_arms = [
@@ -726,11 +728,11 @@ def run_protocol(plan, stages, echo=print):
       # The rate at the first crop area, then the crop area at that rate.
       flags_of = {}
 
-      def candidate(rate, area, seed=seeds[0]):
-        name = few_label_name(prefix, key, seed, rate, area)
+      def candidate(rate, area):
+        name = few_label_name(prefix, key, seeds[0], rate, area)
         flags_of[rate, area] = few_label_flags(
-            plan, fraction, seed, stages.model_dir(name), rate, checkpoint,
-            crop_min_area=area)
+            plan, fraction, seeds[0], stages.model_dir(name), rate,
+            checkpoint, crop_min_area=area)
         return stages.validation_top_1(name, flags_of[rate, area])
 
       rate_scores = ({r: candidate(r, areas[0]) for r in rates}
@@ -748,7 +750,6 @@ def run_protocol(plan, stages, echo=print):
       if fraction not in plan.sweep_fractions:
         choices[rate_key]['reused_from'] = swept[-1]
         choices[area_key]['reused_from'] = f'{arm}_crop_min_area@{swept_key}'
-      crop_areas[arm] = area
       per_seed = []
       for seed in seeds:
         name = few_label_name(prefix, key, seed, rate, area)
@@ -763,18 +764,20 @@ def run_protocol(plan, stages, echo=print):
         if arm == 'simclr':
           teachers[seed] = stages.model_dir(name)
       seeds_top_1[arm][key] = per_seed
-    # Distillation of each seed's teacher on the pool, without labels.
+    # Distillation of each seed's teacher on the pool, without labels, on
+    # the teacher's crops.
+    teacher_crop = choices[f'simclr_crop_min_area@{key}']['chosen']
     for arm, small in (('self_distill', False), ('distill_small', True)):
       per_seed = []
       for seed in seeds:
         if arm not in student_recipes:
           student_recipes[arm] = _choose_student(
               plan, stages, arm, key, seed, teachers[seed],
-              pretrain_dirs[arm], choices, crop_areas['simclr'])
+              pretrain_dirs[arm], choices, teacher_crop)
         name, flags = _student_run(plan, stages, arm, key, seed,
                                    teachers[seed], pretrain_dirs[arm],
                                    *student_recipes[arm],
-                                   crop_min_area=crop_areas['simclr'])
+                                   crop_min_area=teacher_crop)
         chosen_on = choices[f'{arm}_student'].get('run')
         result = (stages.test(name, flags) if name == chosen_on else
                   stages.train_and_test(name, flags))
