@@ -130,6 +130,9 @@ class Plan:
   pretrain_learning_rate: float = 1.0
   temperature: float = 0.2
   color_jitter_strength: float = 0.5
+  # The smallest crop of the two pretraining views (run.py --crop_min_area;
+  # benchmarks/pretrain_ablation.py compares areas on validation).
+  pretrain_crop_min_area: float = 0.08
   # The linear probe: the reference's linear evaluation.
   linear_epochs: float = 3.0
   linear_batch: int = 512
@@ -393,7 +396,8 @@ def pretrain_flags(plan, model_dir, memory=False, small=False):
       '--learning_rate_scaling=linear', '--weight_decay=1e-6',
       '--warmup_epochs=1', f'--temperature={plan.temperature}',
       f'--color_jitter_strength={plan.color_jitter_strength}',
-      '--use_blur=false', f'--knn_bank_size={plan.knn_bank_size}']
+      f'--crop_min_area={plan.pretrain_crop_min_area}', '--use_blur=false',
+      f'--knn_bank_size={plan.knn_bank_size}']
 
 
 def linear_probe_flags(plan, model_dir, checkpoint):
