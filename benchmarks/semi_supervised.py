@@ -28,7 +28,8 @@ evaluation), against logistic regression and the same kNN on raw pixels.
 Every choice is made on the validation split: the learning rate of the
 supervised baseline and of finetuning (the same number of candidates each,
 per fraction, at label seed 0, then reused for seeds 1 and 2), the
-students' initialisations, the raw-pixel regression's C. The
+students' starts and learning rates (per fraction, at label seed 0), the
+raw-pixel regression's C. The
 test split is read once per final model (`--mode=eval --eval_split=test`).
 
 Every stage is run.py's own `main` with run.py flags; by default all of them
@@ -165,8 +166,12 @@ class Plan:
   distill_epochs: float = 0.6
   distill_small_epochs: float = 0.6
   # Both students' learning rate (SGD + momentum, per 256) is chosen with
-  # their start, on validation at the first cell: every (start, rate) pair
-  # is a candidate. (A run of commit e190523, 0.2 alone, stopped after its
+  # their start, on validation at each fraction (label seed 0): every
+  # (start, rate) pair is a candidate. (Chosen once at 0.1 % and reused, the
+  # run of commit 78f69db took 0.2 there, 74.3 against 73.1 on validation,
+  # and its students fell 2 and 9 points below their stronger teachers at
+  # 1 % and 10 % on the test split; at 0.05 the run of d579455 had them
+  # within 0.1 point. A run of commit e190523, 0.2 alone, stopped after its
   # 0.1 % cell, showed the self-distilled student 2.5 points below its
   # teacher on the test split, the teacher finetuned at 0.0125: that test
   # number is why the rate became a candidate; which rate is used is chosen
@@ -180,8 +185,8 @@ class Plan:
   # 7278c84), the teacher 71.10 % against 70.20 % from the pretraining (the
   # run of commit 4488f32), so the teacher alone is kept.
   student_inits: tuple = ('teacher',)
-  # The half-width student's starts, compared on validation at 0.1 %, seed 0
-  # (it cannot start from its teacher, twice as wide): 'scratch' or
+  # The half-width student's starts, compared on validation at each fraction
+  # with the rates (it cannot start from its teacher, twice as wide): 'scratch' or
   # 'pretrained', a half-width network pretrained on the pool like the
   # teacher's (the same recipe, student_pretrain_epochs; run only when a
   # candidate needs it) with a new zero-initialised head on its layer 1.
@@ -251,8 +256,10 @@ class Plan:
         'supervised': swept * (len(self.supervised_learning_rates) - 1 +
                                areas) + seeds,
         'finetune': finetunes,
-        'self_distill': seeds + len(self.student_candidates(False)) - 1,
-        'distill_small': seeds + len(self.student_candidates(True)) - 1,
+        'self_distill': seeds + len(FRACTIONS) * (
+            len(self.student_candidates(False)) - 1),
+        'distill_small': seeds + len(FRACTIONS) * (
+            len(self.student_candidates(True)) - 1),
         'pretrain_small': int('pretrained' in self.small_student_inits),
         'pretrain_memory': memory, 'linear_probe_memory': memory,
         'finetune_memory': memory * finetunes}
@@ -274,17 +281,14 @@ class Plan:
 # Rates of run.py stages on a 2-core CPU machine (ResNet-18 width 0.125, 28
 # px, training images/s; pretraining counts images, each with two views) and
 # the fixed cost of a stage run in this process (tracing, input start-up, the
-# end-of-run evaluation). Measured on a 2-core Intel Xeon with AVX-512 (oneDNN
-# on): pretraining 880 images/s end to end at 0.5 epochs, few-label training
-# 1 100 at 0.1 %; the other rates scaled from the committed run of commit
-# aa3534f on a 2-core AMD EPYC with AVX2 only, which runs every stage about
-# 2x slower (pretraining 440, distillation 570 and 700 for the half-width
-# student, few-label training 600-800, the probe 2 100). A final run
-# evaluates the test split (10 000 images) where a candidate evaluates
-# validation (5 000): FINAL_EVAL_EXTRA_S more.
-RATES = {'pretrain': 880.0, 'pretrain_small': 1300.0, 'few_label': 1100.0,
-         'linear_probe': 4400.0, 'distill': 1100.0, 'distill_small': 1400.0}
-STAGE_OVERHEAD_S = 20.0
+# end-of-run evaluation), as measured in the run of commit 78f69db on a 2-core
+# Intel Xeon with AVX-512 (oneDNN on; 42.1 min in all). The 2-core AMD EPYC
+# with AVX2 only of earlier runs (commit aa3534f) runs every stage about 2x
+# slower. A final run evaluates the test split (10 000 images) where a
+# candidate evaluates validation (5 000): FINAL_EVAL_EXTRA_S more.
+RATES = {'pretrain': 1040.0, 'pretrain_small': 1450.0, 'few_label': 1200.0,
+         'linear_probe': 5800.0, 'distill': 1250.0, 'distill_small': 1550.0}
+STAGE_OVERHEAD_S = 12.0
 TEST_EVAL_S = 6.0
 FINAL_EVAL_EXTRA_S = 2.0
 ANCHORS_S = 60.0  # Logistic regression and kNN on pixels (aa3534f, AMD: 90 s).
@@ -318,9 +322,9 @@ def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
       # A separate test pass only for the chosen run of a sweep; a final run
       # evaluates the test split instead of validation (no extra stage).
       'test_evaluations': TEST_EVAL_S * (
-          2 * len(plan.sweep_fractions) +
-          (len(plan.student_candidates(False)) > 1) +
-          (len(plan.student_candidates(True)) > 1)) + FINAL_EVAL_EXTRA_S * (
+          2 * len(plan.sweep_fractions) + len(FRACTIONS) * (
+              (len(plan.student_candidates(False)) > 1) +
+              (len(plan.student_candidates(True)) > 1))) + FINAL_EVAL_EXTRA_S * (
               2 + runs['pretrain_small'] + 4 * sum(seeds.values())),
       'raw_pixel_anchors': ANCHORS_S,
   }
@@ -699,9 +703,8 @@ def run_protocol(plan, stages, echo=print):
                                         'linear_probe_memory',
                                         memory=True).items()})
 
-  # The students' starts and learning rates, chosen at the first cell; the
-  # half-width network's own pretraining, run when a candidate needs it.
-  student_recipes = {}
+  # The half-width network's own pretraining, run when a student candidate
+  # needs it.
   pretrain_dirs = {'self_distill': pretrain_dir,
                    'distill_small': lambda: small_pretraining(
                        plan, stages, encoder)}
@@ -769,20 +772,20 @@ def run_protocol(plan, stages, echo=print):
           teachers[seed] = stages.model_dir(name)
       seeds_top_1[arm][key] = per_seed
     # Distillation of each seed's teacher on the pool, without labels, on
-    # the teacher's crops.
+    # the teacher's crops; each student's start and learning rate chosen at
+    # this fraction (seed 0): the teachers differ too much across fractions
+    # for one choice to carry over.
     teacher_crop = choices[f'simclr_crop_min_area@{key}']['chosen']
     for arm, small in (('self_distill', False), ('distill_small', True)):
+      recipe = _choose_student(plan, stages, arm, key, seeds[0],
+                               teachers[seeds[0]], pretrain_dirs[arm],
+                               choices, teacher_crop)
+      chosen_on = choices[f'{arm}_student@{key}'].get('run')
       per_seed = []
       for seed in seeds:
-        if arm not in student_recipes:
-          student_recipes[arm] = _choose_student(
-              plan, stages, arm, key, seed, teachers[seed],
-              pretrain_dirs[arm], choices, teacher_crop)
         name, flags = _student_run(plan, stages, arm, key, seed,
                                    teachers[seed], pretrain_dirs[arm],
-                                   *student_recipes[arm],
-                                   crop_min_area=teacher_crop)
-        chosen_on = choices[f'{arm}_student'].get('run')
+                                   *recipe, crop_min_area=teacher_crop)
         result = (stages.test(name, flags) if name == chosen_on else
                   stages.train_and_test(name, flags))
         per_seed.append(result['label_top_1_accuracy'])
@@ -865,14 +868,15 @@ def _student_run(plan, stages, arm, key, seed, teacher, pretrain_dir, init,
 
 def _choose_student(plan, stages, arm, key, seed, teacher, pretrain_dir,
                     choices, crop_min_area):
-  """A student's (start, learning rate) among plan.student_candidates: with
-  several, each trained once on the first cell and the best on validation
-  kept (its run is then that cell's final run: 'run' in the record).
+  """A student's (start, learning rate) at fraction `key` among
+  plan.student_candidates: with several, each trained once on label seed
+  `seed` and the best on validation kept (its run is then that seed's final
+  run: 'run' in the record `{arm}_student@{key}`).
   pretrain_dir: the pretraining of the student's width, or a function
   running it (called only when a candidate starts from it)."""
   small = arm == 'distill_small'
   candidates = plan.student_candidates(small)
-  record_key = f'{arm}_student'
+  record_key = f'{arm}_student@{key}'
   label = lambda init, rate: f'{init} lr{rate:g}'  # pylint: disable=unnecessary-lambda-assignment
   if len(candidates) == 1:
     where = 'Plan.small_student_inits' if small else 'Plan.student_inits'

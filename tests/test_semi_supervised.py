@@ -301,22 +301,33 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   assert chosen['supervised_crop_min_area@0.1']['reused_from'] == (
       'supervised_crop_min_area@0.01')
   # The students: their teacher's crops; every (start, learning rate) pair
-  # trained on validation at the first cell, the chosen one then tested;
-  # the half-width pretraining ran once, before the first candidate
-  # starting from it.
-  assert chosen['self_distill_student']['chosen'] == 'teacher lr0.05'
-  assert set(chosen['self_distill_student']['validation_top_1']) == {
-      'teacher lr0.05', 'teacher lr0.2'}
-  assert chosen['distill_small_student']['chosen'] == 'pretrained lr0.05'
-  assert len(chosen['distill_small_student']['validation_top_1']) == 4
-  for name in ('distill_small@0.001_seed0_scratch_lr0.05_area1',
-               'distill_small@0.001_seed0_scratch_lr0.2_area1',
-               'distill_small@0.001_seed0_pretrained_lr0.2_area1',
-               'self_distill@0.001_seed0_teacher_lr0.2_area1'):
-    assert name in validated
-  assert 'distill_small@0.001_seed0_pretrained_lr0.05_area1:test' in tested
-  assert 'self_distill@0.001_seed0_teacher_lr0.05_area1:test' in tested
+  # trained on validation at each fraction's seed 0, the chosen one then
+  # tested; the other seeds trained at that choice, straight on test; the
+  # half-width pretraining ran once, before the first candidate starting
+  # from it.
+  for key in ('0.001', '0.01', '0.1'):
+    assert chosen[f'self_distill_student@{key}']['chosen'] == 'teacher lr0.05'
+    assert set(chosen[f'self_distill_student@{key}']['validation_top_1']) == {
+        'teacher lr0.05', 'teacher lr0.2'}
+    assert chosen[f'distill_small_student@{key}']['chosen'] == (
+        'pretrained lr0.05')
+    assert len(chosen[f'distill_small_student@{key}']['validation_top_1']) == 4
+    for name in (f'distill_small@{key}_seed0_scratch_lr0.05_area1',
+                 f'distill_small@{key}_seed0_scratch_lr0.2_area1',
+                 f'distill_small@{key}_seed0_pretrained_lr0.2_area1',
+                 f'self_distill@{key}_seed0_teacher_lr0.2_area1'):
+      assert name in validated
+    assert f'distill_small@{key}_seed0_pretrained_lr0.05_area1:test' in tested
+    assert f'self_distill@{key}_seed0_teacher_lr0.05_area1:test' in tested
   assert 'distill_small@0.01_seed1_pretrained_lr0.05_area1' in tested
+  assert not [name for name in validated if '_seed1_' in name and
+              'distill' in name]
+  # Training runs: 7 final seeds, plus per fraction 1 (self-distilled) and
+  # 3 (half-width) candidates that are not final.
+  trained = lambda arm: sum(f'{arm}@' in name and not name.endswith(':test')  # pylint: disable=unnecessary-lambda-assignment
+                            for name, _ in stages.calls)
+  assert trained('self_distill') == 7 + 3 == plan.runs()['self_distill']
+  assert trained('distill_small') == 7 + 9 == plan.runs()['distill_small']
   final_student = dict(stages.calls)[
       'self_distill@0.1_seed0_teacher_lr0.05_area1']
   assert '--learning_rate=0.05' in final_student
