@@ -149,8 +149,10 @@ class Plan:
   # both swept fractions, then at 0.1 % 1.6 of {0.4, 1.6, 6.4} (59.9, 57.1
   # at 6.4; e190523); finetuning the bottom of {0.1, 0.4}, then 0.025 of
   # {0.025, 0.1} at 0.1 % and 0.1 at 1 %, then at 0.1 % the bottom of
-  # {0.0125, 0.05, 0.2} (68.5 against 64.8 at 0.05; e190523).
-  supervised_learning_rates: tuple = (0.4, 1.6, 3.2, 6.4)
+  # {0.0125, 0.05, 0.2} (68.5 against 64.8 at 0.05; e190523). In the run of
+  # 78f69db the baseline took 6.4 of {0.4, 1.6, 3.2, 6.4} at 0.1 %, the top
+  # of its grid, and 3.2 at 1 %: the grid moved up by one step.
+  supervised_learning_rates: tuple = (1.6, 3.2, 6.4, 12.8)
   finetune_learning_rates: tuple = (0.003125, 0.0125, 0.05, 0.2)
   # The smallest crop of few-label training (run.py --crop_min_area; the
   # paper's 0.08 cuts most of a 28 px garment away), chosen per arm on

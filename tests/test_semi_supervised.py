@@ -242,7 +242,7 @@ class _FakeStages(semi.Stages):
       return self.records[name]
     self.calls.append((name, flags))
     value = lambda flag: semi._flag_value(flags, flag)  # pylint: disable=unnecessary-lambda-assignment
-    score = 0.5 + 0.1 * ('lr0.05' in name or 'lr1.6' in name) + 0.1 * (
+    score = 0.5 + 0.1 * ('lr0.05' in name or 'lr6.4' in name) + 0.1 * (
         '_pretrained_' in name) + 0.05 * (
             'supervised' in name and 'area0.08' in name or
             'finetune' in name and 'area1' in name)
@@ -279,25 +279,25 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   for fraction in plan.sweep_fractions:
     key = semi.fraction_key(fraction)
     # Rates at the first crop area, then the areas at the chosen rate.
-    assert chosen[f'supervised_learning_rate@{key}']['chosen'] == 1.6
+    assert chosen[f'supervised_learning_rate@{key}']['chosen'] == 6.4
     assert chosen[f'simclr_learning_rate@{key}']['chosen'] == 0.05
     assert chosen[f'supervised_crop_min_area@{key}']['chosen'] == 0.08
     assert chosen[f'simclr_crop_min_area@{key}']['chosen'] == 1.0
     assert set(chosen[f'simclr_crop_min_area@{key}']['validation_top_1']) == {
         '0.25', '0.08', '1'}
-    assert f'supervised@{key}_seed0_lr1.6_area0.08:test' in tested
-    assert f'supervised@{key}_seed0_lr1.6_area0.25:test' not in tested
-    for name in (f'supervised@{key}_seed0_lr0.4_area0.25',
-                 f'supervised@{key}_seed0_lr1.6_area0.25',
-                 f'supervised@{key}_seed0_lr1.6_area1',
+    assert f'supervised@{key}_seed0_lr6.4_area0.08:test' in tested
+    assert f'supervised@{key}_seed0_lr6.4_area0.25:test' not in tested
+    for name in (f'supervised@{key}_seed0_lr1.6_area0.25',
+                 f'supervised@{key}_seed0_lr6.4_area0.25',
+                 f'supervised@{key}_seed0_lr6.4_area1',
                  f'finetune@{key}_seed0_lr0.05_area0.08'):
       assert name in validated
     # No crop area tried at a rate that was not chosen.
-    assert f'supervised@{key}_seed0_lr0.4_area0.08' not in validated
-    assert f'supervised@{key}_seed1_lr1.6_area0.08' in tested
+    assert f'supervised@{key}_seed0_lr1.6_area0.08' not in validated
+    assert f'supervised@{key}_seed1_lr6.4_area0.08' in tested
   # The reused fraction: the last swept choices, trained on test.
   assert 'finetune@0.1_seed0_lr0.05_area1' in tested
-  assert 'supervised@0.1_seed0_lr1.6_area0.08' in tested
+  assert 'supervised@0.1_seed0_lr6.4_area0.08' in tested
   assert chosen['supervised_crop_min_area@0.1']['reused_from'] == (
       'supervised_crop_min_area@0.01')
   # The students: their teacher's crops; every (start, learning rate) pair
