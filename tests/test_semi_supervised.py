@@ -308,13 +308,14 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   for key in ('0.001', '0.01', '0.1'):
     assert chosen[f'self_distill_student@{key}']['chosen'] == 'teacher lr0.05'
     assert set(chosen[f'self_distill_student@{key}']['validation_top_1']) == {
-        'teacher lr0.05', 'teacher lr0.2'}
+        'teacher lr0.0125', 'teacher lr0.05', 'teacher lr0.2'}
     assert chosen[f'distill_small_student@{key}']['chosen'] == (
         'pretrained lr0.05')
-    assert len(chosen[f'distill_small_student@{key}']['validation_top_1']) == 4
-    for name in (f'distill_small@{key}_seed0_scratch_lr0.05_area1',
-                 f'distill_small@{key}_seed0_scratch_lr0.2_area1',
+    assert set(chosen[f'distill_small_student@{key}']['validation_top_1']) == {
+        'pretrained lr0.0125', 'pretrained lr0.05', 'pretrained lr0.2'}
+    for name in (f'distill_small@{key}_seed0_pretrained_lr0.0125_area1',
                  f'distill_small@{key}_seed0_pretrained_lr0.2_area1',
+                 f'self_distill@{key}_seed0_teacher_lr0.0125_area1',
                  f'self_distill@{key}_seed0_teacher_lr0.2_area1'):
       assert name in validated
     assert f'distill_small@{key}_seed0_pretrained_lr0.05_area1:test' in tested
@@ -322,12 +323,12 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   assert 'distill_small@0.01_seed1_pretrained_lr0.05_area1' in tested
   assert not [name for name in validated if '_seed1_' in name and
               'distill' in name]
-  # Training runs: 7 final seeds, plus per fraction 1 (self-distilled) and
-  # 3 (half-width) candidates that are not final.
+  # Training runs: 7 final seeds, plus per fraction 2 candidates of each
+  # student that are not final.
   trained = lambda arm: sum(f'{arm}@' in name and not name.endswith(':test')  # pylint: disable=unnecessary-lambda-assignment
                             for name, _ in stages.calls)
-  assert trained('self_distill') == 7 + 3 == plan.runs()['self_distill']
-  assert trained('distill_small') == 7 + 9 == plan.runs()['distill_small']
+  assert trained('self_distill') == 7 + 6 == plan.runs()['self_distill']
+  assert trained('distill_small') == 7 + 6 == plan.runs()['distill_small']
   final_student = dict(stages.calls)[
       'self_distill@0.1_seed0_teacher_lr0.05_area1']
   assert '--learning_rate=0.05' in final_student
