@@ -18,9 +18,8 @@ Arms, each the same ResNet-18 (width 0.125, CIFAR stem, 28 px):
                  the subset from projection-head layer 1 (the teacher);
   self_distill   the teacher distilled into the same architecture on the
                  pool, no labels (SimCLRv2's final model);
-  distill_small  the teacher distilled into a half-width student (from
-                 scratch or from a half-width pretraining of its own on the
-                 pool, chosen on validation).
+  distill_small  the teacher distilled into a half-width student (from a
+                 half-width pretraining of its own on the pool).
 The encoder is also measured without finetuning: weighted kNN (k 200, cosine)
 and the linear probe (--fine_tune_after_block=4, the reference's linear
 evaluation), against logistic regression and the same kNN on raw pixels.
