@@ -185,22 +185,26 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
   assert '--crop_min_area=1.0' in supervised
   assert '--checkpoint=scratch' in supervised
   assert '--ft_proj_selector=0' in supervised
-  small = semi.distill_flags(plan, '/m', '/t', 0.2, small=True)
+  small = semi.distill_flags(plan, '/m', '/t', 0.2, 0.01, small=True)
+  small_at_10 = semi.distill_flags(plan, '/m', '/t', 0.2, 0.1, small=True)
   assert f'--width_multiplier={plan.student_width}' in small
   assert not any(f.startswith('--checkpoint=') for f in small)
-  self_distill = semi.distill_flags(plan, '/m', '/t', 0.05,
+  self_distill = semi.distill_flags(plan, '/m', '/t', 0.05, 0.1,
                                    init_checkpoint='/p', crop_min_area=0.5)
   assert '--crop_min_area=0.5' in self_distill
   assert f'--width_multiplier={plan.width}' in self_distill
   assert f'--train_steps={plan.steps()["distill"]}' in self_distill
-  assert f'--train_steps={plan.steps()["distill_small"]}' in small
+  # The half-width student: 0.6 epochs of the 55 000-image pool at batch
+  # 128, 2.4 at 10 %; the self-distilled one 0.6 at every fraction.
+  assert '--train_steps=258' in small and '--train_steps=258' in self_distill
+  assert '--train_steps=1032' in small_at_10
   assert '--checkpoint=/p' in self_distill
   # The self-distilled student's starts compared on validation.
   assert [semi.student_init_checkpoint(init, '/p', '/t')
           for init in ('pretrained', 'teacher', 'scratch')] == ['/p', '/t', None]
   assert '--learning_rate=0.05' in self_distill
   from_teacher = semi.distill_flags(
-      plan, '/m', '/t', 0.2, init_checkpoint=semi.student_init_checkpoint(
+      plan, '/m', '/t', 0.2, 0.01, init_checkpoint=semi.student_init_checkpoint(
           'teacher', '/p', '/t'))
   assert '--checkpoint=/t' in from_teacher and '--teacher_checkpoint=/t' in (
       from_teacher)
@@ -212,7 +216,7 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
   assert plan.steps()['pretrain_small'] == semi.steps_for(
       plan.student_pretrain_epochs, plan.pool_size, plan.pretrain_batch)
   assert f'--width_multiplier={plan.width}' in semi.pretrain_flags(plan, '/p')
-  small_pretrained = semi.distill_flags(plan, '/m', '/t', 0.2, small=True,
+  small_pretrained = semi.distill_flags(plan, '/m', '/t', 0.2, 0.001, small=True,
                                         init_checkpoint='/ps')
   assert f'--width_multiplier={plan.student_width}' in small_pretrained
   assert '--checkpoint=/ps' in small_pretrained
@@ -321,6 +325,12 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
     assert f'distill_small@{key}_seed0_pretrained_lr0.05_area1:test' in tested
     assert f'self_distill@{key}_seed0_teacher_lr0.05_area1:test' in tested
   assert 'distill_small@0.01_seed1_pretrained_lr0.05_area1' in tested
+  # The half-width student distils 4x longer at 10 % than at 0.1 % and 1 %.
+  calls = dict(stages.calls)
+  for name, steps in (('distill_small@0.01_seed1_pretrained_lr0.05_area1', 258),
+                      ('distill_small@0.1_seed0_pretrained_lr0.2_area1', 1032),
+                      ('self_distill@0.1_seed0_teacher_lr0.2_area1', 258)):
+    assert f'--train_steps={steps}' in calls[name]
   assert not [name for name in validated if '_seed1_' in name and
               'distill' in name]
   # Training runs: 7 final seeds, plus per fraction 2 candidates of each
