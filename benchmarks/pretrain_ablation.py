@@ -6,9 +6,9 @@ r"""Pretraining recipes of the protocol compared on its validation split.
 Runs the protocol's pretraining (benchmarks/semi_supervised.py's Plan: the
 same network, batch, rate, temperature and augmentation) on its pool for
 --epochs, once per (smallest crop area of the two views, temperature of
-NT-Xent) pair, and reports the
-encoder's weighted kNN (k 200, cosine) on the validation split (the first
-5 000 training images; the bank is the pool). The test split is not read.
+NT-Xent) pair, and reports the encoder's weighted kNN (k 200, cosine) on the
+validation split (the first 5 000 training images; the bank is the pool).
+The test split is not read.
 Writes benchmarks/results/pretrain_ablation.json.
 """
 
@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
@@ -76,8 +77,8 @@ def main(argv=None):
   record = {'validation_knn_top_1': scores, 'epochs': args.epochs,
             'seconds': seconds, 'git': semi_supervised.git_info(),
             'machine': semi_supervised.machine_info(),
-            'command': ' '.join(['python', 'benchmarks/pretrain_ablation.py',
-                                 *(sys.argv[1:] if argv is None else argv)])}
+            'command': shlex.join(['python', 'benchmarks/pretrain_ablation.py',
+                                   *(sys.argv[1:] if argv is None else argv)])}
   os.makedirs(os.path.dirname(args.output), exist_ok=True)
   with open(args.output, 'w') as f:
     json.dump(record, f, indent=1, sort_keys=True)
