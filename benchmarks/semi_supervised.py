@@ -161,9 +161,17 @@ class Plan:
   # validation after the learning rate (swept at the first area) at the
   # chosen rate. The students train on their teacher's crops.
   few_label_crop_min_areas: tuple = (0.25, 0.08, 1.0)
-  # Fractions whose learning rates and crops are swept; the others reuse
-  # the choices made at the last swept fraction.
-  sweep_fractions: tuple = (0.001, 0.01)
+  # Fractions whose learning rates are swept, and those whose crop areas
+  # are swept too; a fraction whose rates are swept but not its areas sweeps
+  # the rates at the area chosen at the last fraction before it that swept
+  # areas, and a fraction in neither reuses both choices of the last swept
+  # one. The run of 5d19619 swept 0.1 % and 1 % only: at 10 % the baseline
+  # reused 1 %'s rate 6.4 (0.16 validation points above 3.2 there) and
+  # reached 84.7 on test, where 3.2 had reached 88.8 in the run before. The
+  # areas chose no crop (1.0) for both arms at 1 % in both runs, by 1.6 and
+  # 5.2 validation points, and are reused at 10 %.
+  sweep_fractions: tuple = (0.001, 0.01, 0.1)
+  crop_sweep_fractions: tuple = (0.001, 0.01)
   # Distillation on the pool (alpha 1, tau 1): epochs of the self-distilled
   # student and, per fraction, of the half-width one. At 10 % the half-width
   # student reached 85.9 / 87.6 / 89.0 on validation after 0.6 / 1.2 / 2.4
@@ -187,8 +195,10 @@ class Plan:
   # 0.2 alone, stopped after its 0.1 % cell, had shown the student 2.5
   # points below its teacher on the test split: that test number is why the
   # rate became a candidate at all; which rate is used is chosen on
-  # validation.)
-  distill_learning_rates: tuple = (0.0125, 0.05, 0.2)
+  # validation.) In the run of 5d19619, 0.2 lost to 0.05 in all six
+  # comparisons (both students, every fraction; by 0.3 to 2.0 validation
+  # points) and left the grid, whose time went to sweeping 10 %.
+  distill_learning_rates: tuple = (0.0125, 0.05)
   # Initialisations of the self-distilled student compared on validation
   # (with one candidate: no comparison run): the pretrained network or its
   # teacher (the finetuned network), with a new zero-initialised linear head
@@ -219,6 +229,11 @@ class Plan:
   memory_size: int = 0
   memory_momentum: float = 0.99
   memory_step_cost: float = 1.0
+
+  def __post_init__(self):
+    if not set(self.crop_sweep_fractions) <= set(self.sweep_fractions):
+      raise ValueError('crop_sweep_fractions must be among sweep_fractions: '
+                       f'{self.crop_sweep_fractions} vs {self.sweep_fractions}')
 
   @property
   def arms(self):
@@ -263,14 +278,14 @@ class Plan:
   def runs(self):
     """{stage kind: number of training runs} of the whole protocol."""
     seeds = sum(len(s) for s in self.label_seeds.values())
-    swept = len(self.sweep_fractions)
-    areas = len(self.few_label_crop_min_areas) - 1
-    finetunes = swept * (len(self.finetune_learning_rates) - 1 + areas) + seeds
+    finetunes = seeds + sum(
+        self.candidates(f, self.finetune_learning_rates) - 1 for f in FRACTIONS)
     memory = 1 if self.memory_size else 0
     return {
         'pretrain': 1, 'linear_probe': 1,
-        'supervised': swept * (len(self.supervised_learning_rates) - 1 +
-                               areas) + seeds,
+        'supervised': seeds + sum(
+            self.candidates(f, self.supervised_learning_rates) - 1
+            for f in FRACTIONS),
         'finetune': finetunes,
         'self_distill': seeds + len(FRACTIONS) * (
             len(self.student_candidates(False)) - 1),
@@ -291,6 +306,8 @@ class Plan:
     """How many (learning rate, crop area) pairs are tried at `fraction`."""
     if fraction not in self.sweep_fractions:
       return 1
+    if fraction not in self.crop_sweep_fractions:
+      return len(rates)
     return len(rates) + len(self.few_label_crop_min_areas) - 1
 
 
@@ -298,11 +315,12 @@ class Plan:
 # px, training images/s; pretraining counts images, each with two views) and
 # the fixed cost of a stage run in this process (tracing, input start-up, the
 # end-of-run evaluation), as measured in the run of commit 78f69db on a 2-core
-# Intel Xeon with AVX-512 (oneDNN on; 42.1 min in all). The 2-core AMD EPYC
+# Intel Xeon with AVX-512 (oneDNN on; 42.1 min in all), both pretrainings as
+# measured in the run of 5d19619 (940 and 1380 images/s). The 2-core AMD EPYC
 # with AVX2 only of earlier runs (commit aa3534f) runs every stage about 2x
 # slower. A final run evaluates the test split (10 000 images) where a
 # candidate evaluates validation (5 000): FINAL_EVAL_EXTRA_S more.
-RATES = {'pretrain': 1040.0, 'pretrain_small': 1450.0, 'few_label': 1200.0,
+RATES = {'pretrain': 940.0, 'pretrain_small': 1380.0, 'few_label': 1200.0,
          'linear_probe': 5800.0, 'distill': 1250.0, 'distill_small': 1550.0}
 STAGE_OVERHEAD_S = 12.0
 TEST_EVAL_S = 6.0
@@ -366,6 +384,7 @@ def make_plan(scale=1, quick=False):
         few_label_epochs={0.001: 1, 0.01: 0.2, 0.1: 0.02},
         supervised_learning_rates=(0.1, 0.4), finetune_learning_rates=(0.1, 0.4),
         few_label_crop_min_areas=(0.25, 1.0), sweep_fractions=(0.001,),
+        crop_sweep_fractions=(0.001,),
         distill_batch=32, distill_epochs=128 / plan.pool_size,
         distill_small_epochs={f: 128 / plan.pool_size for f in FRACTIONS},
         student_inits=('pretrained', 'teacher'), distill_learning_rates=(0.2,),
@@ -700,6 +719,13 @@ def best_of(scores):
   return max(scores, key=lambda key: (scores[key], -list(scores).index(key)))
 
 
+def _last_swept(choices, prefix):
+  """The key of the last choice named `prefix`... that was swept, not
+  reused."""
+  return [key for key in choices if key.startswith(prefix)
+          and 'reused_from' not in choices[key]][-1]
+
+
 def run_protocol(plan, stages, echo=print):
   """Runs every stage; returns the results dict (without outputs/metadata)."""
   arms = plan.arms
@@ -745,12 +771,13 @@ def run_protocol(plan, stages, echo=print):
       areas = plan.few_label_crop_min_areas
       rate_key = f'{arm}_learning_rate@{key}'
       area_key = f'{arm}_crop_min_area@{key}'
+      reused = {}  # {choice key: the key of the choice it reuses}
       if fraction not in plan.sweep_fractions:
-        swept = [k for k in choices if k.startswith(f'{arm}_learning_rate@')
-                 and 'reused_from' not in choices[k]]
-        swept_key = swept[-1].split('@')[1]
-        rates = (choices[swept[-1]]['chosen'],)
-        areas = (choices[f'{arm}_crop_min_area@{swept_key}']['chosen'],)
+        reused[rate_key] = _last_swept(choices, f'{arm}_learning_rate@')
+        rates = (choices[reused[rate_key]]['chosen'],)
+      if fraction not in plan.crop_sweep_fractions:
+        reused[area_key] = _last_swept(choices, f'{arm}_crop_min_area@')
+        areas = (choices[reused[area_key]]['chosen'],)
       # The rate at the first crop area, then the crop area at that rate.
       flags_of = {}
 
@@ -773,9 +800,8 @@ def run_protocol(plan, stages, echo=print):
       choices[area_key] = {
           'validation_top_1': {f'{a:g}': v for a, v in area_scores.items()},
           'chosen': area, 'learning_rate': rate}
-      if fraction not in plan.sweep_fractions:
-        choices[rate_key]['reused_from'] = swept[-1]
-        choices[area_key]['reused_from'] = f'{arm}_crop_min_area@{swept_key}'
+      for choice_key, source in reused.items():
+        choices[choice_key]['reused_from'] = source
       per_seed = []
       for seed in seeds:
         name = few_label_name(prefix, key, seed, rate, area)

@@ -154,12 +154,16 @@ def test_default_plan_seeds_and_steps():
   assert steps['pretrain'] == 55_000 * plan.pretrain_epochs // 256 + 1
   assert steps['few_label@0.01'] == (
       600 * plan.few_label_epochs[0.01] // plan.few_label_batch[0.01] + 1)
-  # Learning rates are swept where labels are fewest, then reused.
-  assert plan.sweep_fractions == (0.001, 0.01)
-  # Per swept fraction and arm: 4 rates, then 2 more crop areas at the
-  # chosen rate; then the other seeds and the reused fraction.
-  assert plan.runs()['supervised'] == 2 * (3 + 2) + 7 == plan.runs()[
+  # Learning rates are swept at every fraction, crop areas where labels
+  # are fewest, then reused.
+  assert plan.sweep_fractions == (0.001, 0.01, 0.1)
+  assert plan.crop_sweep_fractions == (0.001, 0.01)
+  # Per arm: at 0.1 % and 1 %, 4 rates, then 2 more crop areas at the
+  # chosen rate; at 10 %, 4 rates at the reused area; then the other seeds.
+  assert plan.runs()['supervised'] == 2 * (3 + 2) + 3 + 7 == plan.runs()[
       'finetune']
+  with pytest.raises(ValueError, match='crop_sweep_fractions'):
+    semi.Plan(sweep_fractions=(0.001,), crop_sweep_fractions=(0.001, 0.01))
   assert len(plan.supervised_learning_rates) == len(
       plan.finetune_learning_rates)  # The same tuning effort.
 
@@ -280,7 +284,7 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
     if name in validated:  # A candidate: trained, never tested itself.
       assert '--mode=train_then_eval' in flags
   chosen = results['validation_choices']
-  for fraction in plan.sweep_fractions:
+  for fraction in plan.crop_sweep_fractions:
     key = semi.fraction_key(fraction)
     # Rates at the first crop area, then the areas at the chosen rate.
     assert chosen[f'supervised_learning_rate@{key}']['chosen'] == 6.4
@@ -299,11 +303,22 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
     # No crop area tried at a rate that was not chosen.
     assert f'supervised@{key}_seed0_lr1.6_area0.08' not in validated
     assert f'supervised@{key}_seed1_lr6.4_area0.08' in tested
-  # The reused fraction: the last swept choices, trained on test.
-  assert 'finetune@0.1_seed0_lr0.05_area1' in tested
-  assert 'supervised@0.1_seed0_lr6.4_area0.08' in tested
-  assert chosen['supervised_crop_min_area@0.1']['reused_from'] == (
-      'supervised_crop_min_area@0.01')
+  # 10 %: the rates swept at the area chosen at 1 %, that area reused; the
+  # chosen run then tested.
+  for arm, prefix, rates, area in (
+      ('supervised', 'supervised', plan.supervised_learning_rates, '0.08'),
+      ('simclr', 'finetune', plan.finetune_learning_rates, '1')):
+    assert chosen[f'{arm}_crop_min_area@0.1']['reused_from'] == (
+        f'{arm}_crop_min_area@0.01')
+    assert 'reused_from' not in chosen[f'{arm}_learning_rate@0.1']
+    assert set(chosen[f'{arm}_learning_rate@0.1']['validation_top_1']) == {
+        f'{r:g}' for r in rates}
+    for rate in rates:
+      assert f'{prefix}@0.1_seed0_lr{rate:g}_area{area}' in validated
+    assert not [n for n in validated if n.startswith(f'{prefix}@0.1_') and
+                not n.endswith(f'_area{area}')]
+  assert 'finetune@0.1_seed0_lr0.05_area1:test' in tested
+  assert 'supervised@0.1_seed0_lr6.4_area0.08:test' in tested
   # The students: their teacher's crops; every (start, learning rate) pair
   # trained on validation at each fraction's seed 0, the chosen one then
   # tested; the other seeds trained at that choice, straight on test; the
@@ -312,15 +327,13 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   for key in ('0.001', '0.01', '0.1'):
     assert chosen[f'self_distill_student@{key}']['chosen'] == 'teacher lr0.05'
     assert set(chosen[f'self_distill_student@{key}']['validation_top_1']) == {
-        'teacher lr0.0125', 'teacher lr0.05', 'teacher lr0.2'}
+        'teacher lr0.0125', 'teacher lr0.05'}
     assert chosen[f'distill_small_student@{key}']['chosen'] == (
         'pretrained lr0.05')
     assert set(chosen[f'distill_small_student@{key}']['validation_top_1']) == {
-        'pretrained lr0.0125', 'pretrained lr0.05', 'pretrained lr0.2'}
+        'pretrained lr0.0125', 'pretrained lr0.05'}
     for name in (f'distill_small@{key}_seed0_pretrained_lr0.0125_area1',
-                 f'distill_small@{key}_seed0_pretrained_lr0.2_area1',
-                 f'self_distill@{key}_seed0_teacher_lr0.0125_area1',
-                 f'self_distill@{key}_seed0_teacher_lr0.2_area1'):
+                 f'self_distill@{key}_seed0_teacher_lr0.0125_area1'):
       assert name in validated
     assert f'distill_small@{key}_seed0_pretrained_lr0.05_area1:test' in tested
     assert f'self_distill@{key}_seed0_teacher_lr0.05_area1:test' in tested
@@ -328,17 +341,20 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   # The half-width student distils 4x longer at 10 % than at 0.1 % and 1 %.
   calls = dict(stages.calls)
   for name, steps in (('distill_small@0.01_seed1_pretrained_lr0.05_area1', 258),
-                      ('distill_small@0.1_seed0_pretrained_lr0.2_area1', 1032),
-                      ('self_distill@0.1_seed0_teacher_lr0.2_area1', 258)):
+                      ('distill_small@0.1_seed0_pretrained_lr0.0125_area1', 1032),
+                      ('self_distill@0.1_seed0_teacher_lr0.0125_area1', 258)):
     assert f'--train_steps={steps}' in calls[name]
   assert not [name for name in validated if '_seed1_' in name and
               'distill' in name]
-  # Training runs: 7 final seeds, plus per fraction 2 candidates of each
-  # student that are not final.
+  # Training runs: 7 final seeds, plus per fraction 1 candidate of each
+  # student that is not final.
   trained = lambda arm: sum(f'{arm}@' in name and not name.endswith(':test')  # pylint: disable=unnecessary-lambda-assignment
                             for name, _ in stages.calls)
-  assert trained('self_distill') == 7 + 6 == plan.runs()['self_distill']
-  assert trained('distill_small') == 7 + 6 == plan.runs()['distill_small']
+  assert trained('self_distill') == 7 + 3 == plan.runs()['self_distill']
+  assert trained('distill_small') == 7 + 3 == plan.runs()['distill_small']
+  # The few-label arms: 20 runs each (see the plan's test).
+  for prefix, arm in (('supervised', 'supervised'), ('finetune', 'finetune')):
+    assert trained(prefix) == 20 == plan.runs()[arm]
   final_student = dict(stages.calls)[
       'self_distill@0.1_seed0_teacher_lr0.05_area1']
   assert '--learning_rate=0.05' in final_student
