@@ -158,9 +158,9 @@ def test_default_plan_seeds_and_steps():
   # are fewest, then reused.
   assert plan.sweep_fractions == (0.001, 0.01, 0.1)
   assert plan.crop_sweep_fractions == (0.001, 0.01)
-  # Per arm: at 0.1 % and 1 %, 4 rates, then 2 more crop areas at the
+  # Per arm: at 0.1 % and 1 %, 4 rates, then 1 more crop area at the
   # chosen rate; at 10 %, 4 rates at the reused area; then the other seeds.
-  assert plan.runs()['supervised'] == 2 * (3 + 2) + 3 + 7 == plan.runs()[
+  assert plan.runs()['supervised'] == 2 * (3 + 1) + 3 + 7 == plan.runs()[
       'finetune']
   with pytest.raises(ValueError, match='crop_sweep_fractions'):
     semi.Plan(sweep_fractions=(0.001,), crop_sweep_fractions=(0.001, 0.01))
@@ -252,7 +252,6 @@ class _FakeStages(semi.Stages):
     value = lambda flag: semi._flag_value(flags, flag)  # pylint: disable=unnecessary-lambda-assignment
     score = 0.5 + 0.1 * ('lr0.05' in name or 'lr6.4' in name) + 0.1 * (
         '_pretrained_' in name) + 0.05 * (
-            'supervised' in name and 'area0.08' in name or
             'finetune' in name and 'area1' in name)
     result = {'eval_split': value('eval_split'), 'label_top_1_accuracy': score,
               'knn_top_1': 0.6, 'teacher_agreement': 0.9}
@@ -286,27 +285,29 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   chosen = results['validation_choices']
   for fraction in plan.crop_sweep_fractions:
     key = semi.fraction_key(fraction)
-    # Rates at the first crop area, then the areas at the chosen rate.
+    # Rates at the first crop area, then the areas at the chosen rate (the
+    # baseline's tie goes to the first area).
     assert chosen[f'supervised_learning_rate@{key}']['chosen'] == 6.4
     assert chosen[f'simclr_learning_rate@{key}']['chosen'] == 0.05
-    assert chosen[f'supervised_crop_min_area@{key}']['chosen'] == 0.08
+    assert chosen[f'supervised_crop_min_area@{key}']['chosen'] == 0.25
     assert chosen[f'simclr_crop_min_area@{key}']['chosen'] == 1.0
     assert set(chosen[f'simclr_crop_min_area@{key}']['validation_top_1']) == {
-        '0.25', '0.08', '1'}
-    assert f'supervised@{key}_seed0_lr6.4_area0.08:test' in tested
-    assert f'supervised@{key}_seed0_lr6.4_area0.25:test' not in tested
+        '0.25', '1'}
+    assert f'supervised@{key}_seed0_lr6.4_area0.25:test' in tested
+    assert f'finetune@{key}_seed0_lr0.05_area1:test' in tested
+    assert f'finetune@{key}_seed0_lr0.05_area0.25:test' not in tested
     for name in (f'supervised@{key}_seed0_lr1.6_area0.25',
                  f'supervised@{key}_seed0_lr6.4_area0.25',
                  f'supervised@{key}_seed0_lr6.4_area1',
-                 f'finetune@{key}_seed0_lr0.05_area0.08'):
+                 f'finetune@{key}_seed0_lr0.05_area0.25'):
       assert name in validated
     # No crop area tried at a rate that was not chosen.
-    assert f'supervised@{key}_seed0_lr1.6_area0.08' not in validated
-    assert f'supervised@{key}_seed1_lr6.4_area0.08' in tested
+    assert f'supervised@{key}_seed0_lr1.6_area1' not in validated
+    assert f'finetune@{key}_seed1_lr0.05_area1' in tested
   # 10 %: the rates swept at the area chosen at 1 %, that area reused; the
   # chosen run then tested.
   for arm, prefix, rates, area in (
-      ('supervised', 'supervised', plan.supervised_learning_rates, '0.08'),
+      ('supervised', 'supervised', plan.supervised_learning_rates, '0.25'),
       ('simclr', 'finetune', plan.finetune_learning_rates, '1')):
     assert chosen[f'{arm}_crop_min_area@0.1']['reused_from'] == (
         f'{arm}_crop_min_area@0.01')
@@ -318,43 +319,30 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
     assert not [n for n in validated if n.startswith(f'{prefix}@0.1_') and
                 not n.endswith(f'_area{area}')]
   assert 'finetune@0.1_seed0_lr0.05_area1:test' in tested
-  assert 'supervised@0.1_seed0_lr6.4_area0.08:test' in tested
-  # The students: their teacher's crops; every (start, learning rate) pair
-  # trained on validation at each fraction's seed 0, the chosen one then
-  # tested; the other seeds trained at that choice, straight on test; the
-  # half-width pretraining ran once, before the first candidate starting
-  # from it.
+  assert 'supervised@0.1_seed0_lr6.4_area0.25:test' in tested
+  # The students: one (start, rate) each, so no comparison run: every seed
+  # trained on its teacher's crops straight on test.
   for key in ('0.001', '0.01', '0.1'):
     assert chosen[f'self_distill_student@{key}']['chosen'] == 'teacher lr0.05'
-    assert set(chosen[f'self_distill_student@{key}']['validation_top_1']) == {
-        'teacher lr0.0125', 'teacher lr0.05'}
     assert chosen[f'distill_small_student@{key}']['chosen'] == (
         'pretrained lr0.05')
-    assert set(chosen[f'distill_small_student@{key}']['validation_top_1']) == {
-        'pretrained lr0.0125', 'pretrained lr0.05'}
-    for name in (f'distill_small@{key}_seed0_pretrained_lr0.0125_area1',
-                 f'self_distill@{key}_seed0_teacher_lr0.0125_area1'):
-      assert name in validated
-    assert f'distill_small@{key}_seed0_pretrained_lr0.05_area1:test' in tested
-    assert f'self_distill@{key}_seed0_teacher_lr0.05_area1:test' in tested
-  assert 'distill_small@0.01_seed1_pretrained_lr0.05_area1' in tested
+    assert not chosen[f'self_distill_student@{key}']['validation_top_1']
+    assert f'self_distill@{key}_seed0_teacher_lr0.05_area1' in tested
+  assert not [name for name in validated if 'distill' in name]
   # The half-width student distils 4x longer at 10 % than at 0.1 % and 1 %.
   calls = dict(stages.calls)
   for name, steps in (('distill_small@0.01_seed1_pretrained_lr0.05_area1', 258),
-                      ('distill_small@0.1_seed0_pretrained_lr0.0125_area1', 1032),
-                      ('self_distill@0.1_seed0_teacher_lr0.0125_area1', 258)):
+                      ('distill_small@0.1_seed0_pretrained_lr0.05_area1', 1032),
+                      ('self_distill@0.1_seed0_teacher_lr0.05_area1', 258)):
     assert f'--train_steps={steps}' in calls[name]
-  assert not [name for name in validated if '_seed1_' in name and
-              'distill' in name]
-  # Training runs: 7 final seeds, plus per fraction 1 candidate of each
-  # student that is not final.
+  # Training runs: the 7 final seeds of each student; 18 of each few-label
+  # arm (see the plan's test).
   trained = lambda arm: sum(f'{arm}@' in name and not name.endswith(':test')  # pylint: disable=unnecessary-lambda-assignment
                             for name, _ in stages.calls)
-  assert trained('self_distill') == 7 + 3 == plan.runs()['self_distill']
-  assert trained('distill_small') == 7 + 3 == plan.runs()['distill_small']
-  # The few-label arms: 20 runs each (see the plan's test).
+  assert trained('self_distill') == 7 == plan.runs()['self_distill']
+  assert trained('distill_small') == 7 == plan.runs()['distill_small']
   for prefix, arm in (('supervised', 'supervised'), ('finetune', 'finetune')):
-    assert trained(prefix) == 20 == plan.runs()[arm]
+    assert trained(prefix) == 18 == plan.runs()[arm]
   final_student = dict(stages.calls)[
       'self_distill@0.1_seed0_teacher_lr0.05_area1']
   assert '--learning_rate=0.05' in final_student
@@ -370,6 +358,47 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   for arm in semi.ARMS:
     assert set(results['top_1'][arm]) == {'0.001', '0.01', '0.1'}
 
+
+
+def test_student_candidates_are_compared_on_seed_zero_only(tmp_path,
+                                                           monkeypatch):
+  """With two student rates, every (start, rate) pair trains on validation at
+  each fraction's seed 0, the chosen one is then tested once, and the other
+  seeds train at that choice straight on test; the half-width pretraining
+  runs once."""
+  plan = dataclasses.replace(semi.make_plan(),
+                             distill_learning_rates=(0.0125, 0.05))
+  monkeypatch.setattr(semi, 'cached_raw_pixel_anchors',
+                      lambda *args, **kwargs: {})
+  stages = _FakeStages(str(tmp_path))
+  chosen = semi.run_protocol(plan, stages, echo=lambda *_: None)[
+      'validation_choices']
+  tested = [name for name, flags in stages.calls
+            if '--eval_split=test' in flags]
+  validated = [name for name, flags in stages.calls
+               if f'--eval_split={plan.validation_split}' in flags]
+  for key in ('0.001', '0.01', '0.1'):
+    assert chosen[f'self_distill_student@{key}']['chosen'] == 'teacher lr0.05'
+    assert set(chosen[f'self_distill_student@{key}']['validation_top_1']) == {
+        'teacher lr0.0125', 'teacher lr0.05'}
+    assert set(chosen[f'distill_small_student@{key}']['validation_top_1']) == {
+        'pretrained lr0.0125', 'pretrained lr0.05'}
+    for name in (f'distill_small@{key}_seed0_pretrained_lr0.0125_area1',
+                 f'self_distill@{key}_seed0_teacher_lr0.0125_area1',
+                 f'self_distill@{key}_seed0_teacher_lr0.05_area1'):
+      assert name in validated
+    assert f'distill_small@{key}_seed0_pretrained_lr0.05_area1:test' in tested
+    assert f'self_distill@{key}_seed0_teacher_lr0.05_area1:test' in tested
+    assert f'self_distill@{key}_seed0_teacher_lr0.0125_area1:test' not in (
+        tested)
+  assert 'distill_small@0.01_seed1_pretrained_lr0.05_area1' in tested
+  assert not [name for name in validated if '_seed1_' in name]
+  assert [name for name, _ in stages.calls].count('pretrain_small') == 1
+  trained = lambda arm: sum(f'{arm}@' in name and not name.endswith(':test')  # pylint: disable=unnecessary-lambda-assignment
+                            for name, _ in stages.calls)
+  # 7 final seeds, plus per fraction the one candidate that is not final.
+  assert trained('self_distill') == 7 + 3 == plan.runs()['self_distill']
+  assert trained('distill_small') == 7 + 3 == plan.runs()['distill_small']
 
 def test_memory_arm_gets_the_plain_pretraining_budget():
   """--memory_size adds the simclr_memory arm: its pretraining has the
