@@ -205,8 +205,8 @@ class Plan:
   # validation.) In the run of 5d19619, 0.2 lost to 0.05 in all six
   # comparisons (both students, every fraction; by 0.3 to 2.0 validation
   # points) and left the grid, whose time went to sweeping 10 %. Over the
-  # 18 comparisons of the runs of c899a72, 5d19619 and 8b9a8d0, 0.05 won 14
-  # and lost the other 4 by at most 0.2 points (the self-distilled student
+  # 18 comparisons of the runs of c899a72, 5d19619 and 8b9a8d0, 0.05 won 15
+  # and lost the other 3 by at most 0.2 points (the self-distilled student
   # at 0.1 % to 0.2, at 1 % and 10 % to 0.0125, in c899a72), so it is used
   # without a comparison run (with several rates, each is compared).
   distill_learning_rates: tuple = (0.05,)
