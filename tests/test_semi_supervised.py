@@ -259,13 +259,9 @@ class _FakeStages(semi.Stages):
     return self.records[name]
 
 
-def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
-    tmp_path, monkeypatch):
-  """Over the whole default protocol (stages faked): every final model of
-  every (arm, fraction, seed) is evaluated on the test split exactly once,
-  every run compared for a choice is evaluated on validation only, and the
-  chosen learning rate's run is the one tested."""
-  plan = semi.make_plan()
+def _faked_protocol(plan, tmp_path, monkeypatch):
+  """run_protocol over _FakeStages: (results, stages, names evaluated on
+  test, names evaluated on validation, trained(arm): training runs of arm)."""
   monkeypatch.setattr(semi, 'cached_raw_pixel_anchors',
                       lambda *args, **kwargs: {})
   stages = _FakeStages(str(tmp_path))
@@ -274,6 +270,22 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
             if '--eval_split=test' in flags]
   validated = [name for name, flags in stages.calls
                if f'--eval_split={plan.validation_split}' in flags]
+
+  def trained(arm):
+    return sum(f'{arm}@' in name and not name.endswith(':test')
+               for name, _ in stages.calls)
+  return results, stages, tested, validated, trained
+
+
+def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
+    tmp_path, monkeypatch):
+  """Over the whole default protocol (stages faked): every final model of
+  every (arm, fraction, seed) is evaluated on the test split exactly once,
+  every run compared for a choice is evaluated on validation only, and the
+  chosen learning rate's run is the one tested."""
+  plan = semi.make_plan()
+  results, stages, tested, validated, trained = _faked_protocol(
+      plan, tmp_path, monkeypatch)
   assert len(tested) + len(validated) == len(stages.calls)
   assert len(set(tested)) == len(tested)
   finals = sum(len(plan.label_seeds[f]) for f in semi.FRACTIONS)
@@ -337,8 +349,6 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
     assert f'--train_steps={steps}' in calls[name]
   # Training runs: the 7 final seeds of each student; 18 of each few-label
   # arm (see the plan's test).
-  trained = lambda arm: sum(f'{arm}@' in name and not name.endswith(':test')  # pylint: disable=unnecessary-lambda-assignment
-                            for name, _ in stages.calls)
   assert trained('self_distill') == 7 == plan.runs()['self_distill']
   assert trained('distill_small') == 7 == plan.runs()['distill_small']
   for prefix, arm in (('supervised', 'supervised'), ('finetune', 'finetune')):
@@ -368,15 +378,9 @@ def test_student_candidates_are_compared_on_seed_zero_only(tmp_path,
   runs once."""
   plan = dataclasses.replace(semi.make_plan(),
                              distill_learning_rates=(0.0125, 0.05))
-  monkeypatch.setattr(semi, 'cached_raw_pixel_anchors',
-                      lambda *args, **kwargs: {})
-  stages = _FakeStages(str(tmp_path))
-  chosen = semi.run_protocol(plan, stages, echo=lambda *_: None)[
-      'validation_choices']
-  tested = [name for name, flags in stages.calls
-            if '--eval_split=test' in flags]
-  validated = [name for name, flags in stages.calls
-               if f'--eval_split={plan.validation_split}' in flags]
+  results, stages, tested, validated, trained = _faked_protocol(
+      plan, tmp_path, monkeypatch)
+  chosen = results['validation_choices']
   for key in ('0.001', '0.01', '0.1'):
     assert chosen[f'self_distill_student@{key}']['chosen'] == 'teacher lr0.05'
     assert set(chosen[f'self_distill_student@{key}']['validation_top_1']) == {
@@ -394,8 +398,6 @@ def test_student_candidates_are_compared_on_seed_zero_only(tmp_path,
   assert 'distill_small@0.01_seed1_pretrained_lr0.05_area1' in tested
   assert not [name for name in validated if '_seed1_' in name]
   assert [name for name, _ in stages.calls].count('pretrain_small') == 1
-  trained = lambda arm: sum(f'{arm}@' in name and not name.endswith(':test')  # pylint: disable=unnecessary-lambda-assignment
-                            for name, _ in stages.calls)
   # 7 final seeds, plus per fraction the one candidate that is not final.
   assert trained('self_distill') == 7 + 3 == plan.runs()['self_distill']
   assert trained('distill_small') == 7 + 3 == plan.runs()['distill_small']
