@@ -2,14 +2,20 @@ r"""Pretraining recipes of the protocol compared on its validation split.
 
   python benchmarks/pretrain_ablation.py --epochs=3 --crop_min_areas=0.08,0.25,0.5
   python benchmarks/pretrain_ablation.py --crop_min_areas=0.25 --temperatures=0.1,0.2,0.5
+  python benchmarks/pretrain_ablation.py --crop_min_areas=0.25 --width_epochs=0.125:12,0.25:6
 
 Runs the protocol's pretraining (benchmarks/semi_supervised.py's Plan: the
 same network, batch, rate, temperature and augmentation) on its pool for
 --epochs, once per (smallest crop area of the two views, temperature of
-NT-Xent) pair, and reports the encoder's weighted kNN (k 200, cosine) on the
-validation split (the first 5 000 training images; the bank is the pool).
-The test split is not read.
-Writes benchmarks/results/pretrain_ablation.json.
+NT-Xent) pair, and with --width_epochs once per (width multiplier, epochs)
+pair instead of the plan's width at --epochs (e.g. epochs in inverse
+proportion to a width's cost, for equal wall time). Reports the encoder's
+weighted kNN (k 200, cosine) on the validation split (the first 5 000
+training images; the bank is the pool) and, with --feature_logreg, the
+raw-pixel anchor's logistic regression fitted on the pool's frozen,
+standardised encoder features (all its labels; the best C of the plan's on
+validation), beside the same regression on the pool's pixels. The test split
+is not read. Writes benchmarks/results/pretrain_ablation.json.
 """
 
 import argparse
@@ -30,14 +36,39 @@ from benchmarks import semi_supervised  # pylint: disable=wrong-import-position
 OUTPUT = os.path.join(REPO, 'benchmarks', 'results', 'pretrain_ablation.json')
 
 
-def candidate_plans(plan, epochs, crop_min_areas, temperatures):
-  """{(stage name, result key): the plan of that candidate}."""
-  return {(f'pretrain_e{epochs:g}_area{area:g}_t{temperature:g}',
-           f'crop_min_area={area:g},temperature={temperature:g}'):
-          dataclasses.replace(plan, pretrain_epochs=epochs,
-                              pretrain_crop_min_area=area,
-                              temperature=temperature)
-          for area in crop_min_areas for temperature in temperatures}
+def candidate_plans(plan, epochs, crop_min_areas, temperatures,
+                    width_epochs=None):
+  """{(stage name, result key): the plan of that candidate}. width_epochs:
+  {width multiplier: epochs} to compare, each at every (area, temperature);
+  None: the plan's width at `epochs` (and neither in the result key)."""
+  widths = width_epochs or {plan.width: epochs}
+  candidates = {}
+  for width, width_epochs_ in widths.items():
+    width_name = '' if width == plan.width else f'_w{width:g}'
+    width_key = f'width={width:g},epochs={width_epochs_:g},' if (
+        width_epochs) else ''
+    for area in crop_min_areas:
+      for temperature in temperatures:
+        candidates[(
+            f'pretrain_e{width_epochs_:g}_area{area:g}_t{temperature:g}'
+            f'{width_name}',
+            f'{width_key}crop_min_area={area:g},temperature={temperature:g}'
+        )] = dataclasses.replace(
+            plan, width=width, pretrain_epochs=width_epochs_,
+            pretrain_crop_min_area=area, temperature=temperature)
+  return candidates
+
+
+def _width_epochs(text):
+  """'0.125:12,0.25:6' -> {0.125: 12.0, 0.25: 6.0}."""
+  pairs = {}
+  for item in text.split(','):
+    width, sep, epochs = item.partition(':')
+    if not sep:
+      raise argparse.ArgumentTypeError(
+          f'--width_epochs wants WIDTH:EPOCHS pairs, got {item!r}')
+    pairs[float(width)] = float(epochs)
+  return pairs
 
 
 def _floats(text):
@@ -51,6 +82,12 @@ def parse_args(argv):
                       type=_floats)
   parser.add_argument('--temperatures', type=_floats,
                       default=[semi_supervised.Plan.temperature])
+  parser.add_argument('--width_epochs', type=_width_epochs, default=None,
+                      help='WIDTH:EPOCHS pairs, e.g. 0.125:12,0.25:6 '
+                      '(default: the plan\'s width at --epochs)')
+  parser.add_argument('--feature_logreg', action=argparse.BooleanOptionalAction,
+                      default=False, help='also fit logistic regression on '
+                      'the encoder\'s features and on pixels')
   parser.add_argument('--work_dir', default='/tmp/pretrain_ablation')
   parser.add_argument('--output', default=OUTPUT)
   return parser.parse_args(argv)
@@ -63,18 +100,35 @@ def main(argv=None):
   logging.set_verbosity(logging.INFO)
   stages = semi_supervised.Stages(args.work_dir,
                                   echo=lambda line: print(line, flush=True))
-  scores, seconds = {}, {}
+  scores, seconds, logreg = {}, {}, {}
   try:
     for (name, key), plan in candidate_plans(
         semi_supervised.Plan(), args.epochs, args.crop_min_areas,
-        args.temperatures).items():
-      flags = semi_supervised.pretrain_flags(plan, stages.model_dir(name))
+        args.temperatures, args.width_epochs).items():
+      model_dir = stages.model_dir(name)
+      flags = semi_supervised.pretrain_flags(plan, model_dir)
       scores[key] = stages.validation_top_1(name, flags, key='knn_top_1')
       seconds[name] = round(stages.records[name]['seconds'], 1)
+      if args.feature_logreg:
+        logreg[key] = {str(c): top_1 for c, top_1 in
+                       semi_supervised.feature_logistic_regression(
+                           plan, model_dir).items()}
+        print(f'[{name}] feature logistic regression, validation: '
+              f'{logreg[key]}', flush=True)
   except semi_supervised.StageFailed as error:
     print(f'pretrain_ablation.py: {error}', file=sys.stderr)
     return 1
-  record = {'validation_knn_top_1': scores, 'epochs': args.epochs,
+  extra = {}
+  if args.feature_logreg:
+    pixels = semi_supervised.raw_pixel_validation(semi_supervised.Plan())
+    print(f'[raw pixels] logistic regression, validation: {pixels}',
+          flush=True)
+    extra = {'validation_feature_logreg_top_1': logreg,
+             'validation_raw_pixel_logreg_top_1': {
+                 str(c): top_1 for c, top_1 in pixels.items()}}
+  record = {'validation_knn_top_1': scores, 'epochs': args.epochs, **extra,
+            'width_epochs': {f'{w:g}': e for w, e in
+                             (args.width_epochs or {}).items()} or None,
             'seconds': seconds, 'git': semi_supervised.git_info(),
             'machine': semi_supervised.machine_info(),
             'command': shlex.join(['python', 'benchmarks/pretrain_ablation.py',

@@ -673,6 +673,30 @@ def split_arrays(dataset, split, image_size, limit=None, data_dir=None):
   return (images[:limit], labels[:limit]) if limit else (images, labels)
 
 
+def encoder_features(plan, model_dir, split, key='final_avg_pool'):
+  """(features float32 [N, D], labels int32 [N]) of the network trained in
+  `model_dir` (its config.json and latest checkpoint) over a split through
+  the eval preprocessing, in inference mode."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tf_simclr import architecture  # pylint: disable=import-outside-toplevel
+  from tf_simclr import checkpoints  # pylint: disable=import-outside-toplevel
+  from tf_simclr import config as config_lib  # pylint: disable=import-outside-toplevel
+  from tf_simclr import data  # pylint: disable=import-outside-toplevel
+  from tf_simclr import knn  # pylint: disable=import-outside-toplevel
+  from tf_simclr import model as model_lib  # pylint: disable=import-outside-toplevel
+  record = architecture.ModelConfig.from_dict(
+      config_lib.read_architecture(model_dir))
+  model = model_lib.build_model(record,
+                                supervised_training=bool(record.num_classes))
+  tf.train.Checkpoint(model=model).read(
+      checkpoints.resolve_checkpoint(model_dir)).expect_partial()
+  config = data.InputConfig(dataset=plan.dataset, split=split,
+                            data_dir=plan.data_dir,
+                            image_size=plan.image_size, batch_size=1000,
+                            augmentation='eval', is_training=False)
+  return knn.extract_features(model, data.build_dataset(config), key=key)
+
+
 def split_keys_and_labels(plan, split):
   """(keys, labels) of a split's examples, as tf_simclr.data reads them."""
   from tf_simclr import sources  # pylint: disable=import-outside-toplevel
@@ -700,6 +724,47 @@ def logistic_regression_accuracy(train_x, train_y, eval_x, eval_y, c,
   return float((model.predict(eval_x) == eval_y).mean()), model
 
 
+def logistic_regression_by_c(train, evaluation, cs):
+  """({C: top-1 on `evaluation`}, {C: fitted model}) of
+  logistic_regression_accuracy fitted on `train`; both are (x, y) pairs."""
+  by_c, models = {}, {}
+  for c in cs:
+    by_c[c], models[c] = logistic_regression_accuracy(*train, *evaluation, c)
+  return by_c, models
+
+
+def standardise(train_x, *others):
+  """[train_x, *others] shifted and scaled by train_x's per-column mean and
+  standard deviation (a constant column is only shifted)."""
+  mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+  std = (std + (std == 0)).astype(train_x.dtype)
+  return [(x - mean) / std for x in (train_x, *others)]
+
+
+def feature_logistic_regression(plan, model_dir, cs=None,
+                                key='final_avg_pool'):
+  """The raw-pixel anchor's logistic regression on the frozen encoder's
+  features instead of pixels: fitted on the pool's `key` features (all its
+  labels, standardised with the pool's statistics), {C: top-1 on the
+  validation split}. The test split is not read."""
+  pool = encoder_features(plan, model_dir, plan.train_split, key)
+  validation = encoder_features(plan, model_dir, plan.validation_split, key)
+  pool_x, validation_x = standardise(pool[0], validation[0])
+  return logistic_regression_by_c((pool_x, pool[1]),
+                                  (validation_x, validation[1]),
+                                  cs or plan.logreg_cs)[0]
+
+
+def raw_pixel_validation(plan, cs=None):
+  """The raw-pixel logistic regression's {C: top-1 on the validation split}
+  (fitted on the pool's pixels, all its labels)."""
+  limit = 2_000 if plan.eval_steps else None
+  pool, validation = (
+      split_arrays(plan.dataset, split, plan.image_size, limit, plan.data_dir)
+      for split in (plan.train_split, plan.validation_split))
+  return logistic_regression_by_c(pool, validation, cs or plan.logreg_cs)[0]
+
+
 def raw_pixel_anchors(plan, echo=print):
   """Logistic regression and the k-200 cosine kNN on raw pixels: fitted on
   the pool (all its labels), C chosen on validation, read once on test."""
@@ -709,10 +774,9 @@ def raw_pixel_anchors(plan, echo=print):
   pool, validation, test = (
       split_arrays(plan.dataset, split, plan.image_size, limit, plan.data_dir)
       for split in (plan.train_split, plan.validation_split, TEST_SPLIT))
-  by_c, models = {}, {}
-  for c in plan.logreg_cs:
-    by_c[c], models[c] = logistic_regression_accuracy(*pool, *validation, c)
-    echo(f'[raw pixels] logistic regression C={c}: validation {by_c[c]:.4f}')
+  by_c, models = logistic_regression_by_c(pool, validation, plan.logreg_cs)
+  for c, top_1 in by_c.items():
+    echo(f'[raw pixels] logistic regression C={c}: validation {top_1:.4f}')
   best_c = best_of(by_c)
   logreg = float((models[best_c].predict(test[0]) == test[1]).mean())
   knn_top_1 = knn.knn_accuracy(*pool, *test, num_classes=NUM_CLASSES)
