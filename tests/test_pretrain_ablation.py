@@ -1,5 +1,7 @@
 """benchmarks/pretrain_ablation.py: the candidates' run.py flags."""
 
+import pytest
+
 from benchmarks import pretrain_ablation
 from benchmarks import semi_supervised as semi
 
@@ -25,3 +27,40 @@ def test_candidates_vary_only_crop_and_temperature_and_read_validation():
   assert {key for _, key in plans} == {
       'crop_min_area=0.08,temperature=0.1', 'crop_min_area=0.08,temperature=0.2',
       'crop_min_area=0.25,temperature=0.1', 'crop_min_area=0.25,temperature=0.2'}
+
+
+def test_width_candidates_get_their_own_epochs_at_every_area():
+  base = semi.Plan()
+  plans = pretrain_ablation.candidate_plans(
+      base, 3, [0.25, 0.5], [0.2], width_epochs={0.125: 12, 0.25: 6})
+  assert {key: (plan.width, plan.pretrain_epochs, plan.pretrain_crop_min_area)
+          for (_, key), plan in plans.items()} == {
+              'width=0.125,epochs=12,crop_min_area=0.25,temperature=0.2':
+                  (0.125, 12, 0.25),
+              'width=0.125,epochs=12,crop_min_area=0.5,temperature=0.2':
+                  (0.125, 12, 0.5),
+              'width=0.25,epochs=6,crop_min_area=0.25,temperature=0.2':
+                  (0.25, 6, 0.25),
+              'width=0.25,epochs=6,crop_min_area=0.5,temperature=0.2':
+                  (0.25, 6, 0.5)}
+  names = {name for name, _ in plans}
+  # The plan's own width keeps the stage names of the runs without widths
+  # (their work_dir is reused); another width is named apart.
+  assert names == {'pretrain_e12_area0.25_t0.2', 'pretrain_e12_area0.5_t0.2',
+                   'pretrain_e6_area0.25_t0.2_w0.25',
+                   'pretrain_e6_area0.5_t0.2_w0.25'}
+  for (name, _), plan in plans.items():
+    flags = semi.pretrain_flags(plan, '/m')
+    assert f'--width_multiplier={plan.width}' in flags
+    # ceil(epochs * 55 000 / 256) steps: 12 -> 2579, 6 -> 1290.
+    assert semi._flag_value(flags, 'train_steps') == (  # pylint: disable=protected-access
+        '2579' if plan.width == 0.125 else '1290')
+
+
+def test_width_epochs_parses_pairs_and_names_a_bad_one():
+  assert pretrain_ablation.parse_args(
+      ['--width_epochs=0.125:12,0.25:6']).width_epochs == {0.125: 12.0,
+                                                           0.25: 6.0}
+  assert pretrain_ablation.parse_args([]).width_epochs is None
+  with pytest.raises(SystemExit):
+    pretrain_ablation.parse_args(['--width_epochs=0.25'])

@@ -142,6 +142,95 @@ def test_raw_pixel_anchors_against_numpy(small_fashion):
   assert anchors['raw_pixel_logreg_top_1'] > 0.5  # The bands are learnable.
 
 
+def test_standardise_uses_the_first_arrays_statistics():
+  rng = np.random.RandomState(3)
+  train = rng.normal(5.0, 3.0, (200, 4)).astype(np.float32)
+  train[:, 2] = 7.0  # A constant column: shifted, not divided by 0.
+  other = rng.normal(0.0, 1.0, (30, 4)).astype(np.float32)
+  train_s, other_s = semi.standardise(train, other)
+  np.testing.assert_allclose(train_s.mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(train_s.std(0), [1, 1, 0, 1], atol=1e-5)
+  # Hand formula: (x - mean(train)) / std(train), column by column.
+  for column in (0, 1, 3):
+    expected = (other[:, column] - train[:, column].mean()) / (
+        train[:, column].std())
+    np.testing.assert_allclose(other_s[:, column], expected, rtol=1e-4,
+                               atol=1e-5)
+  np.testing.assert_allclose(other_s[:, 2], other[:, 2] - 7.0, atol=1e-5)
+
+
+def test_feature_logistic_regression_reads_pool_and_validation_only(
+    monkeypatch):
+  plan = semi.Plan(logreg_cs=(0.1, 1.0))
+  rng = np.random.RandomState(0)
+  directions = rng.normal(size=(10, 8))
+  read = []
+
+  def features(scale, shift):
+    def encoder_features(plan_, model_dir, split, key='final_avg_pool'):
+      del plan_
+      read.append((model_dir, split, key))
+      split_rng = np.random.RandomState(len(split))
+      labels = split_rng.randint(0, 10, 500)
+      x = directions[labels] + 0.8 * split_rng.normal(size=(500, 8))
+      return (x * scale + shift).astype(np.float32), labels
+    return encoder_features
+
+  monkeypatch.setattr(semi, 'encoder_features', features(1.0, 0.0))
+  plain = semi.feature_logistic_regression(plan, '/model')
+  assert {split for _, split, _ in read} == {plan.train_split,
+                                            plan.validation_split}
+  assert {(model_dir, key) for model_dir, _, key in read} == {
+      ('/model', 'final_avg_pool')}
+  assert set(plain) == {0.1, 1.0}
+  assert min(plain.values()) > 0.5  # Learnable: chance is 0.1.
+  # Standardised with the pool's statistics: a per-feature affine change of
+  # the features (the same for both splits) changes nothing.
+  scale = np.exp(rng.normal(size=8) * 3)
+  shift = rng.normal(size=8) * 100
+  monkeypatch.setattr(semi, 'encoder_features', features(scale, shift))
+  moved = semi.feature_logistic_regression(plan, '/model')
+  for c in plain:
+    assert moved[c] == pytest.approx(plain[c], abs=0.01)
+
+
+def test_encoder_features_are_the_checkpointed_networks(small_fashion,
+                                                        tmp_path):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tf_simclr import architecture  # pylint: disable=import-outside-toplevel
+  from tf_simclr import config as config_lib  # pylint: disable=import-outside-toplevel
+  from tf_simclr import model as model_lib  # pylint: disable=import-outside-toplevel
+  plan, _ = small_fashion
+  record = architecture.ModelConfig(resnet_depth=18, width_multiplier=0.0625,
+                                    image_size=28)
+  model = model_lib.build_model(record)
+  # Moved off their initial values (and BN statistics off 0/1), so a model
+  # that was not restored would differ.
+  rng = np.random.RandomState(1)
+  for variable in model.variables:
+    variable.assign(variable + rng.normal(
+        0, 0.1, variable.shape).astype(np.float32))
+  model_dir = str(tmp_path / 'pretrain')
+  config_lib.write_architecture(model_dir, record.to_dict())
+  tf.train.Checkpoint(model=model).save(os.path.join(model_dir, 'ckpt'))
+  features, labels = semi.encoder_features(plan, model_dir,
+                                           plan.validation_split)
+  pixels, pixel_labels = semi.split_arrays(
+      plan.dataset, plan.validation_split, 28, data_dir=plan.data_dir)
+  expected = model(pixels.reshape(-1, 28, 28, 1).repeat(3, axis=-1),
+                   training=False)['final_avg_pool'].numpy()
+  assert features.shape == (plan.validation_size, 32)  # 512 * 0.0625.
+  # The two reads may order the split differently: each feature row is
+  # matched to its nearest expected row, which must be the same image.
+  distances = np.abs(features[:, None] - expected[None]).max(-1)
+  nearest = distances.argmin(1)
+  assert sorted(nearest) == list(range(plan.validation_size))
+  np.testing.assert_allclose(features, expected[nearest], rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_array_equal(labels, pixel_labels[nearest])
+  assert np.abs(expected).max() > 1e-3  # Not all zero: the check can fail.
+
+
 # ---------------------------------------------------------------- plan and flags
 def test_default_plan_fits_the_budget_with_margin():
   assert semi.estimate_seconds(semi.make_plan())['total'] <= 3600
