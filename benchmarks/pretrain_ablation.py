@@ -3,13 +3,15 @@ r"""Pretraining recipes of the protocol compared on its validation split.
   python benchmarks/pretrain_ablation.py --epochs=3 --crop_min_areas=0.08,0.25,0.5
   python benchmarks/pretrain_ablation.py --crop_min_areas=0.25 --temperatures=0.1,0.2,0.5
   python benchmarks/pretrain_ablation.py --crop_min_areas=0.25 --width_epochs=0.125:12,0.25:6
+  python benchmarks/pretrain_ablation.py --crop_min_areas=0.25 --batches=128,256,512
 
 Runs the protocol's pretraining (benchmarks/semi_supervised.py's Plan: the
 same network, batch, rate, temperature and augmentation) on its pool for
 --epochs, once per (smallest crop area of the two views, temperature of
 NT-Xent) pair, and with --width_epochs once per (width multiplier, epochs)
 pair instead of the plan's width at --epochs (e.g. epochs in inverse
-proportion to a width's cost, for equal wall time). Reports the encoder's
+proportion to a width's cost, for equal wall time), with --batches once per
+batch size (the rate scaled linearly with it). Reports the encoder's
 weighted kNN (k 200, cosine) on the validation split (the first 5 000
 training images; the bank is the pool) and, with --feature_logreg, the
 raw-pixel anchor's logistic regression fitted on the pool's frozen,
@@ -37,25 +39,33 @@ OUTPUT = os.path.join(REPO, 'benchmarks', 'results', 'pretrain_ablation.json')
 
 
 def candidate_plans(plan, epochs, crop_min_areas, temperatures,
-                    width_epochs=None):
+                    width_epochs=None, batches=None):
   """{(stage name, result key): the plan of that candidate}. width_epochs:
-  {width multiplier: epochs} to compare, each at every (area, temperature);
-  None: the plan's width at `epochs` (and neither in the result key)."""
+  {width multiplier: epochs} to compare, each at every other setting; None:
+  the plan's width at `epochs` (and neither in the result key). batches:
+  pretraining batch sizes to compare (the rate scales linearly with the
+  batch, as run.py's --learning_rate_scaling=linear); None: the plan's (not
+  in the result key)."""
   widths = width_epochs or {plan.width: epochs}
   candidates = {}
   for width, width_epochs_ in widths.items():
     width_name = '' if width == plan.width else f'_w{width:g}'
     width_key = f'width={width:g},epochs={width_epochs_:g},' if (
         width_epochs) else ''
-    for area in crop_min_areas:
-      for temperature in temperatures:
-        candidates[(
-            f'pretrain_e{width_epochs_:g}_area{area:g}_t{temperature:g}'
-            f'{width_name}',
-            f'{width_key}crop_min_area={area:g},temperature={temperature:g}'
-        )] = dataclasses.replace(
-            plan, width=width, pretrain_epochs=width_epochs_,
-            pretrain_crop_min_area=area, temperature=temperature)
+    for batch in batches or (plan.pretrain_batch,):
+      batch_name = '' if batch == plan.pretrain_batch else f'_b{batch}'
+      batch_key = f'batch={batch},' if batches else ''
+      for area in crop_min_areas:
+        for temperature in temperatures:
+          candidates[(
+              f'pretrain_e{width_epochs_:g}_area{area:g}_t{temperature:g}'
+              f'{width_name}{batch_name}',
+              f'{width_key}{batch_key}'
+              f'crop_min_area={area:g},temperature={temperature:g}'
+          )] = dataclasses.replace(
+              plan, width=width, pretrain_epochs=width_epochs_,
+              pretrain_batch=batch, pretrain_crop_min_area=area,
+              temperature=temperature)
   return candidates
 
 
@@ -85,6 +95,9 @@ def parse_args(argv):
   parser.add_argument('--width_epochs', type=_width_epochs, default=None,
                       help='WIDTH:EPOCHS pairs, e.g. 0.125:12,0.25:6 '
                       '(default: the plan\'s width at --epochs)')
+  parser.add_argument('--batches', default=None,
+                      type=lambda text: [int(v) for v in text.split(',')],
+                      help='pretraining batch sizes (default: the plan\'s)')
   parser.add_argument('--feature_logreg', action=argparse.BooleanOptionalAction,
                       default=False, help='also fit logistic regression on '
                       'the encoder\'s features and on pixels')
@@ -104,7 +117,7 @@ def main(argv=None):
   try:
     for (name, key), plan in candidate_plans(
         semi_supervised.Plan(), args.epochs, args.crop_min_areas,
-        args.temperatures, args.width_epochs).items():
+        args.temperatures, args.width_epochs, args.batches).items():
       model_dir = stages.model_dir(name)
       flags = semi_supervised.pretrain_flags(plan, model_dir)
       scores[key] = stages.validation_top_1(name, flags, key='knn_top_1')
@@ -129,6 +142,7 @@ def main(argv=None):
   record = {'validation_knn_top_1': scores, 'epochs': args.epochs, **extra,
             'width_epochs': {f'{w:g}': e for w, e in
                              (args.width_epochs or {}).items()} or None,
+            'batches': args.batches,
             'seconds': seconds, 'git': semi_supervised.git_info(),
             'machine': semi_supervised.machine_info(),
             'command': shlex.join(['python', 'benchmarks/pretrain_ablation.py',

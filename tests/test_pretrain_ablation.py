@@ -64,3 +64,29 @@ def test_width_epochs_parses_pairs_and_names_a_bad_one():
   assert pretrain_ablation.parse_args([]).width_epochs is None
   with pytest.raises(SystemExit):
     pretrain_ablation.parse_args(['--width_epochs=0.25'])
+
+
+def test_batch_candidates_change_batch_and_steps_only():
+  base = semi.Plan()
+  plans = pretrain_ablation.candidate_plans(base, 3, [0.25], [0.2],
+                                            batches=[128, 256, 512])
+  reference = semi.pretrain_flags(
+      pretrain_ablation.candidate_plans(base, 3, [0.25], [0.2])[
+          ('pretrain_e3_area0.25_t0.2', 'crop_min_area=0.25,temperature=0.2')],
+      '/m')
+  expected_steps = {128: 1290, 256: 645, 512: 323}  # ceil(165 000 / batch).
+  for (name, key), plan in plans.items():
+    batch = plan.pretrain_batch
+    assert key == f'batch={batch},crop_min_area=0.25,temperature=0.2'
+    # The plan's batch keeps the name of the runs without --batches.
+    assert name == 'pretrain_e3_area0.25_t0.2' + (
+        '' if batch == 256 else f'_b{batch}')
+    flags = semi.pretrain_flags(plan, '/m')
+    assert semi._flag_value(flags, 'train_batch_size') == str(batch)  # pylint: disable=protected-access
+    assert semi._flag_value(flags, 'train_steps') == str(  # pylint: disable=protected-access
+        expected_steps[batch])
+    changed = {f.split('=')[0] for f in set(flags) ^ set(reference)}
+    assert changed <= {'--train_batch_size', '--train_steps',
+                       '--checkpoint_steps', '--steps_per_loop'}
+  assert pretrain_ablation.parse_args(['--batches=128,512']).batches == [
+      128, 512]
