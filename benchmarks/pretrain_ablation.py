@@ -125,7 +125,7 @@ def main(argv=None):
       if args.feature_logreg:
         logreg[key] = {str(c): top_1 for c, top_1 in
                        semi_supervised.feature_logistic_regression(
-                           plan, model_dir).items()}
+                           plan, model_dir)['validation'].items()}
         print(f'[{name}] feature logistic regression, validation: '
               f'{logreg[key]}', flush=True)
   except semi_supervised.StageFailed as error:

@@ -337,6 +337,11 @@ STAGE_OVERHEAD_S = 12.0
 TEST_EVAL_S = 6.0
 FINAL_EVAL_EXTRA_S = 2.0
 ANCHORS_S = 60.0  # Logistic regression and kNN on pixels (aa3534f, AMD: 90 s).
+# Logistic regression on a pretraining's features (the pool, validation and
+# test through the encoder, two C): about 100 s with validation alone on the
+# 2-core AMD EPYC (pretrain_ablation.py --feature_logreg at d3c0991), whose
+# pretraining ran 1.4x slower than the Xeon's of RATES.
+FEATURE_LOGREG_S = 80.0
 
 
 def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
@@ -373,6 +378,7 @@ def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
               (len(plan.student_candidates(True)) > 1))) + FINAL_EVAL_EXTRA_S * (
               2 + runs['pretrain_small'] + 4 * sum(seeds.values())),
       'raw_pixel_anchors': ANCHORS_S,
+      'feature_logreg': FEATURE_LOGREG_S * (1 + bool(plan.memory_size)),
   }
   if plan.memory_size:
     # The plain pretraining's budget again, its linear probe and finetunes.
@@ -741,18 +747,26 @@ def standardise(train_x, *others):
   return [(x - mean) / std for x in (train_x, *others)]
 
 
-def feature_logistic_regression(plan, model_dir, cs=None,
+def feature_logistic_regression(plan, model_dir, cs=None, test=False,
                                 key='final_avg_pool'):
   """The raw-pixel anchor's logistic regression on the frozen encoder's
   features instead of pixels: fitted on the pool's `key` features (all its
-  labels, standardised with the pool's statistics), {C: top-1 on the
-  validation split}. The test split is not read."""
+  labels, standardised with the pool's statistics), C chosen on the
+  validation split. Returns {'validation': {C: top-1}, 'c': the chosen C}
+  and, with `test`, 'test_top_1': the chosen model's top-1 on the test split
+  (the only read of it)."""
   pool = encoder_features(plan, model_dir, plan.train_split, key)
   validation = encoder_features(plan, model_dir, plan.validation_split, key)
   pool_x, validation_x = standardise(pool[0], validation[0])
-  return logistic_regression_by_c((pool_x, pool[1]),
-                                  (validation_x, validation[1]),
-                                  cs or plan.logreg_cs)[0]
+  by_c, models = logistic_regression_by_c(
+      (pool_x, pool[1]), (validation_x, validation[1]), cs or plan.logreg_cs)
+  best_c = best_of(by_c)
+  out = {'validation': by_c, 'c': best_c}
+  if test:
+    test_x, test_y = encoder_features(plan, model_dir, TEST_SPLIT, key)
+    out['test_top_1'] = float((models[best_c].predict(
+        standardise(pool[0], test_x)[1]) == test_y).mean())
+  return out
 
 
 def raw_pixel_validation(plan, cs=None):
@@ -929,12 +943,44 @@ def measure_pretraining(plan, stages, name, probe_name, memory=False):
   test = stages.train_and_test(name, pretrain_flags(plan, model_dir,
                                                     memory=memory))
   probe = linear_probe_flags(plan, stages.model_dir(probe_name), model_dir)
+  logreg = cached_feature_logistic_regression(plan, stages, name)
   return {
       'knn_top_1': test['knn_top_1'],
       'pretrain_linear_head_top_1': test['label_top_1_accuracy'],
       'linear_probe_top_1': stages.train_and_test(probe_name, probe)[
           'label_top_1_accuracy'],
+      'feature_logreg_top_1': logreg['test_top_1'],
+      'feature_logreg_c': logreg['c'],
+      'feature_logreg_validation': logreg['validation'],
   }
+
+
+def cached_feature_logistic_regression(plan, stages, name):
+  """feature_logistic_regression of the pretraining `name` with its test
+  read, computed once per model_dir (feature_logreg.json) and timed as the
+  stage `{name}_feature_logreg`."""
+  path = os.path.join(stages.model_dir(name), 'feature_logreg.json')
+  reused = os.path.exists(path)
+  if reused:
+    with open(path) as f:
+      logreg = json.load(f)
+  else:
+    started = time.time()
+    logreg = feature_logistic_regression(plan, stages.model_dir(name),
+                                         test=True)
+    logreg = {'validation': {str(c): top_1 for c, top_1 in
+                             logreg['validation'].items()},
+              'c': logreg['c'], 'test_top_1': logreg['test_top_1'],
+              'seconds': time.time() - started}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(logreg, f, indent=1, sort_keys=True)
+  stages.echo(f'[{name}] logistic regression on its features: test '
+              f'{logreg["test_top_1"]:.4f} (C={logreg["c"]})'
+              f'{", reused" if reused else ""}')
+  stages.records[f'{name}_feature_logreg'] = {
+      'seconds': logreg['seconds'], 'result': {}, 'reused': reused}
+  return logreg
 
 
 def cached_raw_pixel_anchors(plan, stages, echo=print):
@@ -1116,13 +1162,17 @@ def markdown_table(results):
     for key, title in (
         ('knn_top_1', 'kNN (k 200, cosine, final_avg_pool)'),
         ('linear_probe_top_1', 'linear probe (fine_tune_after_block=4)'),
+        ('feature_logreg_top_1',
+         'logistic regression on its features (as on pixels)'),
         ('raw_pixel_knn_top_1', 'raw pixels: the same kNN'),
         ('raw_pixel_logreg_top_1', 'raw pixels: logistic regression'),
         ('student_knn_top_1',
          "the half-width student's own pretraining: kNN"),
         ('memory_knn_top_1', 'with the memory of negatives: kNN'),
         ('memory_linear_probe_top_1',
-         'with the memory of negatives: linear probe')):
+         'with the memory of negatives: linear probe'),
+        ('memory_feature_logreg_top_1',
+         'with the memory of negatives: logistic regression on features')):
       if encoder.get(key) is not None:
         text.append(f'| {title} | {100 * encoder[key]:.2f} |')
     text.append('')

@@ -182,16 +182,24 @@ def test_feature_logistic_regression_reads_pool_and_validation_only(
                                             plan.validation_split}
   assert {(model_dir, key) for model_dir, _, key in read} == {
       ('/model', 'final_avg_pool')}
-  assert set(plain) == {0.1, 1.0}
-  assert min(plain.values()) > 0.5  # Learnable: chance is 0.1.
+  assert set(plain['validation']) == {0.1, 1.0} and 'test_top_1' not in plain
+  assert plain['c'] == semi.best_of(plain['validation'])
+  assert min(plain['validation'].values()) > 0.5  # Learnable: chance is 0.1.
+  # With test: the test split is read once, scored by the chosen C's model.
+  read.clear()
+  tested = semi.feature_logistic_regression(plan, '/model', test=True)
+  assert [split for _, split, _ in read].count('test') == 1
+  assert 0.5 < tested['test_top_1'] <= 1
   # Standardised with the pool's statistics: a per-feature affine change of
-  # the features (the same for both splits) changes nothing.
+  # the features (the same for every split) changes nothing.
   scale = np.exp(rng.normal(size=8) * 3)
   shift = rng.normal(size=8) * 100
   monkeypatch.setattr(semi, 'encoder_features', features(scale, shift))
-  moved = semi.feature_logistic_regression(plan, '/model')
-  for c in plain:
-    assert moved[c] == pytest.approx(plain[c], abs=0.01)
+  moved = semi.feature_logistic_regression(plan, '/model', test=True)
+  for c in plain['validation']:
+    assert moved['validation'][c] == pytest.approx(plain['validation'][c],
+                                                   abs=0.01)
+  assert moved['test_top_1'] == pytest.approx(tested['test_top_1'], abs=0.01)
 
 
 def test_encoder_features_are_the_checkpointed_networks(small_fashion,
@@ -348,11 +356,21 @@ class _FakeStages(semi.Stages):
     return self.records[name]
 
 
+def _fake_feature_logistic_regression(plan, model_dir, cs=None, test=False,
+                                      key='final_avg_pool'):
+  del plan, cs, key
+  assert test  # The protocol reads the test split for its final number.
+  return {'validation': {0.1: 0.7, 1.0: 0.72}, 'c': 1.0,
+          'test_top_1': 0.71 + 0.01 * model_dir.endswith('memory')}
+
+
 def _faked_protocol(plan, tmp_path, monkeypatch):
   """run_protocol over _FakeStages: (results, stages, names evaluated on
   test, names evaluated on validation, trained(arm): training runs of arm)."""
   monkeypatch.setattr(semi, 'cached_raw_pixel_anchors',
                       lambda *args, **kwargs: {})
+  monkeypatch.setattr(semi, 'feature_logistic_regression',
+                      _fake_feature_logistic_regression)
   stages = _FakeStages(str(tmp_path))
   results = semi.run_protocol(plan, stages, echo=lambda *_: None)
   tested = [name for name, flags in stages.calls
@@ -454,6 +472,9 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   assert f'--checkpoint={small_pretrain_dir}' in dict(stages.calls)[
       'distill_small@0.01_seed1_pretrained_lr0.05_area1']
   assert results['encoder']['student_knn_top_1'] == 0.6
+  # The encoder's logistic regression: the fake's test number, its C.
+  assert results['encoder']['feature_logreg_top_1'] == 0.71
+  assert results['encoder']['feature_logreg_c'] == 1.0
   for arm in semi.ARMS:
     assert set(results['top_1'][arm]) == {'0.001', '0.01', '0.1'}
 
@@ -636,7 +657,29 @@ def test_quick_protocol_end_to_end(tmp_path):
     for fraction in results['fractions']:
       assert 0 <= results['top_1'][arm][fraction] <= 1
   assert set(results['encoder']) >= {'knn_top_1', 'linear_probe_top_1',
+                                     'feature_logreg_top_1',
                                      'raw_pixel_knn_top_1',
                                      'raw_pixel_logreg_top_1'}
   for name in ('results.md', 'accuracy.png', 'pretraining.png'):
     assert (output / name).stat().st_size > 0
+
+
+def test_feature_regression_of_a_pretraining_runs_once_per_model_dir(
+    tmp_path, monkeypatch):
+  calls = []
+
+  def fake(plan, model_dir, cs=None, test=False, key='final_avg_pool'):
+    calls.append(model_dir)
+    return _fake_feature_logistic_regression(plan, model_dir, cs, test, key)
+
+  monkeypatch.setattr(semi, 'feature_logistic_regression', fake)
+  plan = semi.Plan()
+  for _ in range(2):  # A second invocation in the same work_dir reuses it.
+    stages = semi.Stages(str(tmp_path), echo=lambda *_: None)
+    os.makedirs(stages.model_dir('pretrain'), exist_ok=True)
+    logreg = semi.cached_feature_logistic_regression(plan, stages, 'pretrain')
+    assert logreg['test_top_1'] == 0.71 and logreg['c'] == 1.0
+    assert logreg['validation'] == {'0.1': 0.7, '1.0': 0.72}
+    assert 'pretrain_feature_logreg' in stages.timings()
+  assert calls == [stages.model_dir('pretrain')]
+  assert stages.timings()['pretrain_feature_logreg']['reused']
