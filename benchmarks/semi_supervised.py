@@ -20,9 +20,10 @@ Arms, each the same ResNet-18 (width 0.125, CIFAR stem, 28 px):
                  pool, no labels (SimCLRv2's final model);
   distill_small  the teacher distilled into a half-width student (from a
                  half-width pretraining of its own on the pool).
-The encoder is also measured without finetuning: weighted kNN (k 200, cosine)
-and the linear probe (--fine_tune_after_block=4, the reference's linear
-evaluation), against logistic regression and the same kNN on raw pixels.
+The encoder is also measured without finetuning: weighted kNN (k 200, cosine),
+the linear probe (--fine_tune_after_block=4, the reference's linear
+evaluation) and the raw-pixel anchor's logistic regression on its frozen
+features, against that logistic regression and the same kNN on raw pixels.
 
 Every choice is made on the validation split: the learning rate of the
 supervised baseline and of finetuning (the same number of candidates each,
