@@ -22,6 +22,7 @@ is not read. Writes benchmarks/results/pretrain_ablation.json.
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import shlex
@@ -46,26 +47,20 @@ def candidate_plans(plan, epochs, crop_min_areas, temperatures,
   pretraining batch sizes to compare (the rate scales linearly with the
   batch, as run.py's --learning_rate_scaling=linear); None: the plan's (not
   in the result key)."""
-  widths = width_epochs or {plan.width: epochs}
   candidates = {}
-  for width, width_epochs_ in widths.items():
-    width_name = '' if width == plan.width else f'_w{width:g}'
-    width_key = f'width={width:g},epochs={width_epochs_:g},' if (
-        width_epochs) else ''
-    for batch in batches or (plan.pretrain_batch,):
-      batch_name = '' if batch == plan.pretrain_batch else f'_b{batch}'
-      batch_key = f'batch={batch},' if batches else ''
-      for area in crop_min_areas:
-        for temperature in temperatures:
-          candidates[(
-              f'pretrain_e{width_epochs_:g}_area{area:g}_t{temperature:g}'
-              f'{width_name}{batch_name}',
-              f'{width_key}{batch_key}'
-              f'crop_min_area={area:g},temperature={temperature:g}'
-          )] = dataclasses.replace(
-              plan, width=width, pretrain_epochs=width_epochs_,
-              pretrain_batch=batch, pretrain_crop_min_area=area,
-              temperature=temperature)
+  for (width, width_epochs_), batch, area, temperature in itertools.product(
+      (width_epochs or {plan.width: epochs}).items(),
+      batches or (plan.pretrain_batch,), crop_min_areas, temperatures):
+    name = (f'pretrain_e{width_epochs_:g}_area{area:g}_t{temperature:g}'
+            + ('' if width == plan.width else f'_w{width:g}')
+            + ('' if batch == plan.pretrain_batch else f'_b{batch}'))
+    key = ((f'width={width:g},epochs={width_epochs_:g},' if width_epochs
+            else '') + (f'batch={batch},' if batches else '')
+           + f'crop_min_area={area:g},temperature={temperature:g}')
+    candidates[(name, key)] = dataclasses.replace(
+        plan, width=width, pretrain_epochs=width_epochs_,
+        pretrain_batch=batch, pretrain_crop_min_area=area,
+        temperature=temperature)
   return candidates
 
 

@@ -680,10 +680,10 @@ def split_arrays(dataset, split, image_size, limit=None, data_dir=None):
   return (images[:limit], labels[:limit]) if limit else (images, labels)
 
 
-def encoder_features(plan, model_dir, split, key='final_avg_pool'):
-  """(features float32 [N, D], labels int32 [N]) of the network trained in
-  `model_dir` (its config.json and latest checkpoint) over a split through
-  the eval preprocessing, in inference mode."""
+def encoder_features(plan, model_dir, splits, key='final_avg_pool'):
+  """[(features float32 [N, D], labels int32 [N]) per split] of the network
+  trained in `model_dir` (its config.json and latest checkpoint, restored
+  once) through the eval preprocessing, in inference mode."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tf_simclr import architecture  # pylint: disable=import-outside-toplevel
   from tf_simclr import checkpoints  # pylint: disable=import-outside-toplevel
@@ -697,11 +697,10 @@ def encoder_features(plan, model_dir, split, key='final_avg_pool'):
                                 supervised_training=bool(record.num_classes))
   tf.train.Checkpoint(model=model).read(
       checkpoints.resolve_checkpoint(model_dir)).expect_partial()
-  config = data.InputConfig(dataset=plan.dataset, split=split,
-                            data_dir=plan.data_dir,
-                            image_size=plan.image_size, batch_size=1000,
-                            augmentation='eval', is_training=False)
-  return knn.extract_features(model, data.build_dataset(config), key=key)
+  return [knn.extract_features(model, data.build_dataset(data.InputConfig(
+      dataset=plan.dataset, split=split, data_dir=plan.data_dir,
+      image_size=plan.image_size, batch_size=1000, augmentation='eval',
+      is_training=False)), key=key) for split in splits]
 
 
 def split_keys_and_labels(plan, split):
@@ -756,27 +755,34 @@ def feature_logistic_regression(plan, model_dir, cs=None, test=False,
   validation split. Returns {'validation': {C: top-1}, 'c': the chosen C}
   and, with `test`, 'test_top_1': the chosen model's top-1 on the test split
   (the only read of it)."""
-  pool = encoder_features(plan, model_dir, plan.train_split, key)
-  validation = encoder_features(plan, model_dir, plan.validation_split, key)
-  pool_x, validation_x = standardise(pool[0], validation[0])
+  splits = [plan.train_split, plan.validation_split] + (
+      [TEST_SPLIT] if test else [])
+  features = encoder_features(plan, model_dir, splits, key)
+  xs = standardise(*(x for x, _ in features))
+  (pool, pool_y), (validation, validation_y), *rest = [
+      (x, y) for x, (_, y) in zip(xs, features)]
   by_c, models = logistic_regression_by_c(
-      (pool_x, pool[1]), (validation_x, validation[1]), cs or plan.logreg_cs)
+      (pool, pool_y), (validation, validation_y), cs or plan.logreg_cs)
   best_c = best_of(by_c)
   out = {'validation': by_c, 'c': best_c}
-  if test:
-    test_x, test_y = encoder_features(plan, model_dir, TEST_SPLIT, key)
-    out['test_top_1'] = float((models[best_c].predict(
-        standardise(pool[0], test_x)[1]) == test_y).mean())
+  for test_x, test_y in rest:
+    out['test_top_1'] = float(
+        (models[best_c].predict(test_x) == test_y).mean())
   return out
+
+
+def pixel_splits(plan, *splits):
+  """split_arrays of each split (2 000 images each in a --quick plan)."""
+  limit = 2_000 if plan.eval_steps else None
+  return [split_arrays(plan.dataset, split, plan.image_size, limit,
+                       plan.data_dir) for split in splits]
 
 
 def raw_pixel_validation(plan, cs=None):
   """The raw-pixel logistic regression's {C: top-1 on the validation split}
   (fitted on the pool's pixels, all its labels)."""
-  limit = 2_000 if plan.eval_steps else None
-  pool, validation = (
-      split_arrays(plan.dataset, split, plan.image_size, limit, plan.data_dir)
-      for split in (plan.train_split, plan.validation_split))
+  pool, validation = pixel_splits(plan, plan.train_split,
+                                  plan.validation_split)
   return logistic_regression_by_c(pool, validation, cs or plan.logreg_cs)[0]
 
 
@@ -785,10 +791,8 @@ def raw_pixel_anchors(plan, echo=print):
   the pool (all its labels), C chosen on validation, read once on test."""
   from tf_simclr import knn  # pylint: disable=import-outside-toplevel
   started = time.time()
-  limit = 2_000 if plan.eval_steps else None
-  pool, validation, test = (
-      split_arrays(plan.dataset, split, plan.image_size, limit, plan.data_dir)
-      for split in (plan.train_split, plan.validation_split, TEST_SPLIT))
+  pool, validation, test = pixel_splits(
+      plan, plan.train_split, plan.validation_split, TEST_SPLIT)
   by_c, models = logistic_regression_by_c(pool, validation, plan.logreg_cs)
   for c, top_1 in by_c.items():
     echo(f'[raw pixels] logistic regression C={c}: validation {top_1:.4f}')
@@ -960,45 +964,49 @@ def cached_feature_logistic_regression(plan, stages, name):
   """feature_logistic_regression of the pretraining `name` with its test
   read, computed once per model_dir (feature_logreg.json) and timed as the
   stage `{name}_feature_logreg`."""
-  path = os.path.join(stages.model_dir(name), 'feature_logreg.json')
-  reused = os.path.exists(path)
-  if reused:
-    with open(path) as f:
-      logreg = json.load(f)
-  else:
+  def compute():
     started = time.time()
     logreg = feature_logistic_regression(plan, stages.model_dir(name),
                                          test=True)
-    logreg = {'validation': {str(c): top_1 for c, top_1 in
-                             logreg['validation'].items()},
-              'c': logreg['c'], 'test_top_1': logreg['test_top_1'],
-              'seconds': time.time() - started}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump(logreg, f, indent=1, sort_keys=True)
+    return {'validation': {str(c): top_1 for c, top_1 in
+                           logreg['validation'].items()},
+            'c': logreg['c'], 'test_top_1': logreg['test_top_1'],
+            'seconds': time.time() - started}
+
+  logreg, reused = _computed_once(
+      stages, os.path.join(stages.model_dir(name), 'feature_logreg.json'),
+      f'{name}_feature_logreg', compute)
   stages.echo(f'[{name}] logistic regression on its features: test '
               f'{logreg["test_top_1"]:.4f} (C={logreg["c"]})'
               f'{", reused" if reused else ""}')
-  stages.records[f'{name}_feature_logreg'] = {
-      'seconds': logreg['seconds'], 'result': {}, 'reused': reused}
   return logreg
+
+
+def _computed_once(stages, path, stage_name, compute):
+  """(compute()'s JSON dict, False), written to `path`, or (the dict read
+  from `path`, True) when an earlier run wrote it; recorded as the stage
+  `stage_name` with the dict's 'seconds'."""
+  reused = os.path.exists(path)
+  if reused:
+    with open(path) as f:
+      value = json.load(f)
+  else:
+    value = compute()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(value, f, indent=1, sort_keys=True)
+  stages.records[stage_name] = {'seconds': value['seconds'], 'result': {},
+                                'reused': reused}
+  return value, reused
 
 
 def cached_raw_pixel_anchors(plan, stages, echo=print):
   """raw_pixel_anchors, computed once per work_dir (raw_pixel_anchors.json)."""
-  path = os.path.join(stages.work_dir, 'raw_pixel_anchors.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      anchors = json.load(f)
+  anchors, reused = _computed_once(
+      stages, os.path.join(stages.work_dir, 'raw_pixel_anchors.json'),
+      'raw_pixel_anchors', lambda: raw_pixel_anchors(plan, echo))
+  if reused:
     echo(f'[raw pixels] done before ({anchors["seconds"]:.0f} s), reused')
-    reused = True
-  else:
-    anchors = raw_pixel_anchors(plan, echo)
-    with open(path, 'w') as f:
-      json.dump(anchors, f, indent=1, sort_keys=True)
-    reused = False
-  stages.records['raw_pixel_anchors'] = {'seconds': anchors['seconds'],
-                                         'result': {}, 'reused': reused}
   return {key: value for key, value in anchors.items() if key != 'seconds'}
 
 

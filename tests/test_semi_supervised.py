@@ -167,13 +167,16 @@ def test_feature_logistic_regression_reads_pool_and_validation_only(
   read = []
 
   def features(scale, shift):
-    def encoder_features(plan_, model_dir, split, key='final_avg_pool'):
-      del plan_
+    def split_features(model_dir, split, key):
       read.append((model_dir, split, key))
       split_rng = np.random.RandomState(len(split))
       labels = split_rng.randint(0, 10, 500)
       x = directions[labels] + 0.8 * split_rng.normal(size=(500, 8))
       return (x * scale + shift).astype(np.float32), labels
+
+    def encoder_features(plan_, model_dir, splits, key='final_avg_pool'):
+      del plan_
+      return [split_features(model_dir, split, key) for split in splits]
     return encoder_features
 
   monkeypatch.setattr(semi, 'encoder_features', features(1.0, 0.0))
@@ -221,8 +224,8 @@ def test_encoder_features_are_the_checkpointed_networks(small_fashion,
   model_dir = str(tmp_path / 'pretrain')
   config_lib.write_architecture(model_dir, record.to_dict())
   tf.train.Checkpoint(model=model).save(os.path.join(model_dir, 'ckpt'))
-  features, labels = semi.encoder_features(plan, model_dir,
-                                           plan.validation_split)
+  [(features, labels)] = semi.encoder_features(plan, model_dir,
+                                               [plan.validation_split])
   pixels, pixel_labels = semi.split_arrays(
       plan.dataset, plan.validation_split, 28, data_dir=plan.data_dir)
   expected = model(pixels.reshape(-1, 28, 28, 1).repeat(3, axis=-1),
