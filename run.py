@@ -142,7 +142,8 @@ def main(argv):
     # Flags, paths and saved architectures are checked before TensorFlow
     # loads: a mistake is reported in about a second.
     config = config_from_flags()
-    _config_module().check_paths(config)
+    from tf_simclr import preflight  # pylint: disable=g-import-not-at-top
+    preflight.check_paths(config)
     if config.mode != 'eval':
       from tf_simclr import lock  # pylint: disable=g-import-not-at-top
       lock.check_free(config.model_dir)  # Another run trains into it?

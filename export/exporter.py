@@ -29,6 +29,7 @@ from export import modules
 from tf_simclr import architecture as architecture_lib
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
+from tf_simclr import errors
 from tf_simclr import model as model_lib
 
 HUB_DIR = 'hub'
@@ -228,7 +229,7 @@ def export_from_model_dir(model_dir, export_dir, *, checkpoint=None,
     ).assert_existing_objects_matched()
   except (AssertionError, ValueError) as error:
     raise ExportError(f'checkpoint {prefix} does not match the architecture '
-                      f'in config.json: {config_lib.first_line(error)}') from None
+                      f'in config.json: {errors.first_line(error)}') from None
   return export_model(
       model, export_dir, image_size=image_size,
       step=checkpoints.global_step_of(prefix) if step is None else step,

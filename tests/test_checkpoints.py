@@ -15,8 +15,10 @@ import tensorflow as tf
 from tf_simclr import build_model
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
+from tf_simclr import preflight
 from tf_simclr import reference
 from tf_simclr import teacher as teacher_lib
+from tf_simclr import trainer as trainer_lib
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures',
                        'reference_simclr_tf2', 'r18_w0.125_sk0_cifar_32px')
@@ -79,10 +81,20 @@ def _run_checks(path, model_dir, train_mode):
       image_size=32, resnet_depth=18, width_multiplier=0.125,
       **flags).validate()
   try:
-    config_lib.check_paths(config)
+    preflight.check_paths(config)
   except config_lib.ConfigError as error:
     return error
   return None
+
+
+def _restore_for_training(model, path, tmp_path):
+  """The trainer's start from --checkpoint `path` in a new model_dir: the
+  prefix it read."""
+  model_dir = tmp_path / 'fresh_model_dir'
+  how, prefix = trainer_lib.restore_for_training(
+      tf.train.Checkpoint(model=model), model, str(model_dir), path)
+  assert how == 'initialised'
+  return prefix
 
 
 def test_every_entry_resolves_a_path_the_same_way(tmp_path):
@@ -99,7 +111,7 @@ def test_every_entry_resolves_a_path_the_same_way(tmp_path):
       with pytest.raises(checkpoints.CheckpointError):
         teacher_lib.load_teacher(path, 10)
       with pytest.raises(checkpoints.CheckpointError):
-        checkpoints.restore_initial_weights(model, path, False)
+        _restore_for_training(model, path, tmp_path)
       for mode in ('finetune', 'distill'):
         assert _run_checks(path, model_dir, mode) is not None, (name, mode)
       continue
@@ -108,8 +120,7 @@ def test_every_entry_resolves_a_path_the_same_way(tmp_path):
         'reference loader': reference.load_reference_checkpoint(
             model, path).prefix,
         'teacher': teacher_lib.load_teacher(path, 10).source,
-        '--checkpoint restore': checkpoints.restore_initial_weights(
-            model, path, False),
+        '--checkpoint restore': _restore_for_training(model, path, tmp_path),
     }
     assert set(answers.values()) == {expected}, (name, answers)
     for mode in ('finetune', 'distill'):

@@ -442,12 +442,12 @@ def test_memory_checkpoint_finetunes_from_the_trained_network(tmp_path,
                                                               memory_run):
   """Finetune reads model/..., never memory/...: the finetuned model starts
   from the trained backbone."""
-  from tf_simclr import checkpoints  # pylint: disable=import-outside-toplevel
+  from tf_simclr import reference  # pylint: disable=import-outside-toplevel
   reference_dir, _ = memory_run
   model = build_model(10, resnet_depth=18, width_multiplier=0.125,
                       image_size=32, supervised_training=True)
-  checkpoints.restore_initial_weights(model, reference_dir,
-                                      include_supervised_head=False)
+  reference.load_reference_checkpoint(model, reference_dir,
+                                      skip_supervised_head=True)
   tensors = faults.load(os.path.join(reference_dir, 'ckpt-6'))
   kernel = model.resnet_model.variables[0]
   key = ('model/resnet_model/initial_conv_relu_max_pool/0/conv2d/kernel/'

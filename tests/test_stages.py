@@ -6,10 +6,12 @@ import tensorflow as tf
 
 import tf_simclr
 from tf_simclr import augment
+from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import distribute
 from tf_simclr import model as model_lib
 from tf_simclr import optim
+from tf_simclr import preflight
 from tf_simclr import teacher as teacher_lib
 from tf_simclr import trainer as trainer_lib
 
@@ -195,9 +197,9 @@ def test_distill_from_finetune_model_dir(pretrain_dir, tmp_path):
 
 def test_finetune_from_scratch_is_the_supervised_baseline(tmp_path):
   config = _config(tmp_path, 'baseline', train_mode='finetune',
-                   checkpoint=config_lib.SCRATCH_CHECKPOINT,
+                   checkpoint=checkpoints.SCRATCH_CHECKPOINT,
                    label_fraction=0.1)
-  config_lib.check_paths(config)  # 'scratch' is not a path to look for.
+  preflight.check_paths(config)  # 'scratch' is not a path to look for.
   trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy())
   assert trainer.restore() == 'scratch'
   assert trainer.num_train_examples == 100  # 10 % of 1024, class-balanced.
@@ -282,7 +284,7 @@ def test_blur_placement(tmp_path, placement, image_size, expected):
   finetune = trainer_lib.Trainer(
       _config(tmp_path, 'finetune', train_mode='finetune',
               image_size=image_size, blur_placement=placement,
-              checkpoint=config_lib.SCRATCH_CHECKPOINT),
+              checkpoint=checkpoints.SCRATCH_CHECKPOINT),
       tf.distribute.get_strategy())
   assert not finetune.blur_on_device
 

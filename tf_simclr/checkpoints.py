@@ -1,11 +1,13 @@
 """Where weights come from: this run's checkpoints, a given checkpoint, a teacher.
 
-Restore order of a training run (trainer.Trainer.restore):
+Restore order of a training run (trainer.restore_for_training):
   1. the latest checkpoint in model_dir: model, optimizer slots and global
-     step — the run resumes where it stopped;
+     step — the run resumes where it stopped (restore_latest);
   2. else --checkpoint: weights only (backbone and projection head, plus the
-     supervised head when its class count matches and the stage keeps it);
-  3. else the random initialisation.
+     supervised head when its class count matches and the stage keeps it;
+     reference.load_reference_checkpoint);
+  3. else (no --checkpoint, or --checkpoint=scratch) the random
+     initialisation.
 
 Crash safety. tf.train.CheckpointManager writes a checkpoint's shards to
 `ckpt-N_temp/`, merges them into `ckpt-N.index` + `ckpt-N.data-*`, and only
@@ -23,7 +25,7 @@ import re
 from absl import logging
 import numpy as np
 
-from tf_simclr import config as config_lib
+from tf_simclr import errors
 from tf_simclr import files
 from tf_simclr import preemption
 
@@ -35,6 +37,9 @@ SUPERVISED_HEAD_PREFIX = 'model/supervised_head/'
 # Where a SavedModel keeps its variables (a checkpoint prefix).
 SAVED_MODEL_VARIABLES = os.path.join('variables', 'variables')
 STATE_FILE = 'checkpoint'  # tf.train.CheckpointManager's list of checkpoints.
+# --checkpoint=scratch: no initial weights, finetune from a random
+# initialisation (the supervised baseline trained on the labeled subset only).
+SCRATCH_CHECKPOINT = 'scratch'
 
 
 def _tf():
@@ -174,7 +179,7 @@ def find_problem(prefix):
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
   except (tf.errors.OpError, ValueError) as error:
-    return f'its index cannot be read ({config_lib.first_line(error)})'
+    return f'its index cannot be read ({errors.first_line(error)})'
   data_files = tf.io.gfile.glob(prefix + '.data-*-of-*')
   if not data_files:
     return 'its data file is missing'
@@ -222,7 +227,7 @@ def restore_latest(checkpoint, model_dir):
                           prefix)
         return prefix
       except (tf.errors.OpError, ValueError) as error:
-        problem = f'restoring it failed ({config_lib.first_line(error)})'
+        problem = f'restoring it failed ({errors.first_line(error)})'
     logging.warning('Cannot resume from checkpoint %s: %s; trying the '
                     'previous one.', prefix, problem)
     problems.append(f'{os.path.basename(prefix)}: {problem}')
@@ -231,23 +236,6 @@ def restore_latest(checkpoint, model_dir):
         f'no usable checkpoint in --model_dir {model_dir} ('
         + '; '.join(problems) + '); move them away to start again')
   return None
-
-
-def restore_for_training(checkpoint, model, model_dir, initial=None):
-  """A training run's start, in this order: resume `checkpoint` (the whole
-  run state) from model_dir's newest usable checkpoint; else the model's
-  weights from `initial` (--checkpoint: a run, a checkpoint prefix, a
-  SavedModel or a reference checkpoint; without its supervised head); else
-  nothing (config.SCRATCH_CHECKPOINT or None). Returns (how, prefix): how
-  is 'resumed', 'initialised' or 'scratch'; prefix what was read (or None).
-  """
-  latest = restore_latest(checkpoint, model_dir)
-  if latest:
-    return 'resumed', latest
-  if initial and initial != config_lib.SCRATCH_CHECKPOINT:
-    return 'initialised', restore_initial_weights(
-        model, initial, include_supervised_head=False)
-  return 'scratch', None
 
 
 def remove_partial_checkpoint(prefix):
@@ -264,20 +252,7 @@ def remove_partial_checkpoint(prefix):
         tf.io.gfile.remove(path)
     except (tf.errors.OpError, OSError) as error:
       logging.warning('Could not remove %s: %s', path,
-                      config_lib.first_line(error))
-
-
-def restore_initial_weights(model, path, include_supervised_head):
-  """Loads weights only from `path` (this project's or the reference's
-  checkpoints; both have the object graph model/resnet_model/...).
-
-  Returns the resolved checkpoint prefix.
-  """
-  from tf_simclr import reference  # pylint: disable=import-outside-toplevel
-  prefix = resolve_checkpoint(path)
-  reference.load_reference_checkpoint(
-      model, prefix, skip_supervised_head=not include_supervised_head)
-  return prefix
+                      errors.first_line(error))
 
 
 class SafeSaver:
@@ -327,7 +302,7 @@ class SafeSaver:
                                              f'ckpt-{step}'))
       raise preemption.TrainingError(
           f'could not write the checkpoint of step {step} to '
-          f'{manager.directory}: {config_lib.first_line(error)}; earlier '
+          f'{manager.directory}: {errors.first_line(error)}; earlier '
           f'checkpoints are intact (latest: '
           f'{manager.latest_checkpoint or "none"})') from error
     self._last_saved_step = step

@@ -9,10 +9,10 @@ network without repeating flags.
 import dataclasses
 import json
 import os
-import re
 from typing import Optional
 
 from tf_simclr import architecture as architecture_lib
+from tf_simclr import errors
 from tf_simclr import files
 from tf_simclr import stages
 
@@ -31,9 +31,6 @@ BLUR_PLACEMENTS = ('auto', 'input', 'device')
 COLOR_JITTER_VERSIONS = ('simclrv1', 'simclrv2')
 
 CONFIG_FILENAME = 'config.json'
-# --checkpoint=scratch: finetune from a random initialisation (the supervised
-# baseline trained on the labeled subset only).
-SCRATCH_CHECKPOINT = 'scratch'
 
 # Fields that define the network (architecture.ModelConfig's); saved in
 # model_dir and compared on restore.
@@ -230,16 +227,6 @@ class Config(architecture_lib.ModelConfig):
     return dataclasses.replace(self, **changes)
 
 
-def first_line(error: Exception) -> str:
-  """The first line of an error's message, without TensorFlow's op
-  decorations ({{node ...}}, [Op:...]); the error's type when it has none.
-  Every one-line message of this project is built from it."""
-  text = getattr(error, 'message', None) or str(error)
-  text = text.strip().splitlines()[0] if text.strip() else ''
-  text = re.sub(r'\{\{[^}]*\}\}|\[Op:.*$', '', text)
-  return text.strip() or type(error).__name__
-
-
 def write_architecture(model_dir: str, architecture: dict, extra: dict = None):
   """Writes model_dir/config.json (architecture plus run information)."""
   import tensorflow as tf  # Local: keeps config importable without TF.
@@ -261,14 +248,11 @@ def read_architecture(model_dir: str) -> Optional[dict]:
   try:
     return json.loads(files.read_text(path))
   except (OSError, ValueError) as error:
-    raise ConfigError(f'cannot read {path}: {first_line(error)}') from error
+    raise ConfigError(
+        f'cannot read {path}: {errors.first_line(error)}') from error
 
 
-# ---------------------------------------------------------------- preflight
-# Fields that decide the backbone's variables: a --checkpoint must match them.
-BACKBONE_FIELDS = architecture_lib.ModelConfig.BACKBONE_FIELDS
-
-
+# ---------------------------------------------------------------- saved architecture
 def architecture_differences(saved: dict, wanted: dict, names) -> list:
   """'name=saved (flags: wanted)' for each of `names` that differs."""
   def same(a, b):
@@ -293,93 +277,3 @@ def check_saved_architecture(model_dir: str, architecture: dict):
     raise ConfigError(
         f'--model_dir {model_dir} holds a model with ' +
         ', '.join(differences) + '; use the same flags or another --model_dir')
-
-
-def _checkpoint_architecture(path: str) -> Optional[dict]:
-  """config.json of the model_dir a --checkpoint path belongs to, if any."""
-  directory = path if files.isdir(path) else os.path.dirname(path)
-  if not directory:
-    directory = '.'
-  return read_architecture(directory)
-
-
-def check_model_dir_writable(model_dir: str):
-  """Creates model_dir and writes and removes a probe file there; raises
-  ConfigError saying why when that fails (read-only, a file in the way, ...)."""
-  probe = os.path.join(model_dir, f'.write_probe_{os.getpid()}')
-  try:
-    if files.is_url(model_dir):
-      import tensorflow as tf  # pylint: disable=import-outside-toplevel
-      tf.io.gfile.makedirs(model_dir)
-      with tf.io.gfile.GFile(probe, 'w') as f:
-        f.write('probe')
-      tf.io.gfile.remove(probe)
-    else:
-      os.makedirs(model_dir, exist_ok=True)
-      with open(probe, 'w') as f:
-        f.write('probe')
-        f.flush()
-        os.fsync(f.fileno())
-      os.remove(probe)
-  except Exception as error:  # pylint: disable=broad-except
-    raise ConfigError(f'--model_dir {model_dir} is not writable: '
-                      f'{first_line(error)}') from error
-
-
-def check_paths(config: 'Config'):
-  """The checks that read the file system, before any TensorFlow work:
-  model_dir writable; --checkpoint and --teacher_checkpoint exist; the
-  architecture saved in model_dir and next to --checkpoint matches the flags;
-  a stage or mode that needs weights has some. Raises ConfigError.
-
-  Checkpoint paths are resolved by checkpoints.resolve_checkpoint, the rule
-  the trainer, the teacher and the exporter use (here without reading the
-  checkpoints' contents: their verification comes with TensorFlow)."""
-  from tf_simclr import checkpoints  # pylint: disable=import-outside-toplevel
-  model_dir = config.model_dir
-  check_model_dir_writable(model_dir)
-  resumes = checkpoints.has_checkpoint(model_dir)
-
-  def resolves(path):
-    try:
-      checkpoints.resolve_checkpoint(path, verify=False)
-      return True
-    except checkpoints.CheckpointError as error:
-      return error
-
-  architecture = config.architecture()
-  if not config.num_classes:  # Taken from the dataset later: not known here.
-    del architecture['num_classes']
-  check_saved_architecture(model_dir, architecture)
-  if config.checkpoint and config.checkpoint != SCRATCH_CHECKPOINT:
-    problem = resolves(config.checkpoint)
-    if problem is not True:
-      raise ConfigError(f'--checkpoint: {problem}')
-    source = _checkpoint_architecture(config.checkpoint)
-    if source is not None:
-      wanted = config.architecture()
-      saved_source = dict(source)
-      if 'image_size' in source:  # Only the stem depends on it.
-        saved_source['cifar_stem'] = architecture_lib.uses_cifar_stem(
-            source['image_size'])
-        wanted['cifar_stem'] = architecture_lib.uses_cifar_stem(
-            config.image_size)
-      differences = architecture_differences(
-          saved_source, wanted, BACKBONE_FIELDS + ('cifar_stem',))
-      if differences:
-        raise ConfigError(
-            f'--checkpoint {config.checkpoint} holds a model with ' +
-            ', '.join(differences) + '; use the flags it was trained with')
-  stage = stages.STAGES[config.train_mode]
-  if stage.needs_teacher:
-    problem = resolves(config.teacher_checkpoint)
-    if problem is not True:
-      raise ConfigError(f'--teacher_checkpoint: {problem}')
-  if (stage.needs_initial_weights and config.mode != 'eval' and
-      not config.checkpoint and not resumes):
-    raise ConfigError(
-        '--train_mode=finetune needs --checkpoint (a pretrain model_dir or '
-        f'checkpoint) when --model_dir {model_dir} has no checkpoint')
-  if config.mode == 'eval' and not resumes:
-    raise ConfigError(f'--mode=eval needs a checkpoint in --model_dir '
-                      f'{model_dir}, and it has none')

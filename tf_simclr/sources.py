@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_simclr import config as config_lib
+from tf_simclr import errors
 
 SYNTHETIC = 'synthetic'
 IMAGE_FOLDER = 'image_folder'
@@ -267,7 +267,7 @@ class _FolderSource:
           _decode_file(tf.constant(path))
           reason = 'cannot be decoded'
         except (tf.errors.OpError, ValueError) as error:
-          reason = config_lib.first_line(error)
+          reason = errors.first_line(error)
         raise DataError(f'cannot read image {path}: {reason} ({len(bad)} bad '
                         'image(s) in this split; fix or remove them, or skip '
                         'them with skip_bad_images)')

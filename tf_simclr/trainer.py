@@ -44,12 +44,31 @@ from tf_simclr import model as model_lib
 from tf_simclr import objectives
 from tf_simclr import optim
 from tf_simclr import preemption
+from tf_simclr import reference
 from tf_simclr import stages
 from tf_simclr import teacher as teacher_lib
 from tf_simclr import visualize
 
 TrainingError = preemption.TrainingError
 Preempted = preemption.Preempted
+
+
+def restore_for_training(checkpoint, model, model_dir, initial=None):
+  """A training run's start, in this order: resume `checkpoint` (the whole
+  run state) from model_dir's newest usable checkpoint; else the model's
+  weights from `initial` (--checkpoint: a run, a checkpoint prefix, a
+  SavedModel or a reference checkpoint; without its supervised head); else
+  nothing (checkpoints.SCRATCH_CHECKPOINT or None). Returns (how, prefix):
+  how is 'resumed', 'initialised' or 'scratch'; prefix what was read (or
+  None).
+  """
+  latest = checkpoints.restore_latest(checkpoint, model_dir)
+  if latest:
+    return 'resumed', latest
+  if initial and initial != checkpoints.SCRATCH_CHECKPOINT:
+    return 'initialised', reference.load_reference_checkpoint(
+        model, initial, skip_supervised_head=True).prefix
+  return 'scratch', None
 
 
 class Trainer:
@@ -179,7 +198,7 @@ class Trainer:
     return how
 
   def _restore_weights(self):
-    how, prefix = checkpoints.restore_for_training(
+    how, prefix = restore_for_training(
         self.checkpoint, self.model, self.config.model_dir,
         self.config.checkpoint)
     if how == 'resumed':
@@ -188,7 +207,7 @@ class Trainer:
       logging.info('Resuming from %s at step %d', prefix, step)
     elif how == 'initialised':
       logging.info('Starting from the weights of %s', prefix)
-    elif self.config.checkpoint == config_lib.SCRATCH_CHECKPOINT:
+    elif self.config.checkpoint == checkpoints.SCRATCH_CHECKPOINT:
       logging.info('--checkpoint=scratch: training from a random '
                    'initialisation')
     elif self.stage.needs_initial_weights:
