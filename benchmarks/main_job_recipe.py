@@ -26,7 +26,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from benchmarks import semi_supervised  # pylint: disable=wrong-import-position
+from benchmarks.protocol import plan as plan_lib  # pylint: disable=wrong-import-position
+from benchmarks.protocol import report  # pylint: disable=wrong-import-position
+from benchmarks.protocol.flags import flag_value  # pylint: disable=wrong-import-position
 from scripts import main_job  # pylint: disable=wrong-import-position
 from tf_simclr import config as config_lib  # pylint: disable=wrong-import-position
 
@@ -34,7 +36,6 @@ VALIDATION_SPLIT = 'train[:5000]'
 TRAIN_SPLIT = 'train[5000:]'
 LABELED = 6000  # The main job's 10 % of the 60 000 training images.
 LEARNING_RATES = (0.1, 0.2, 0.4, 0.8)
-flag_value = semi_supervised._flag_value  # pylint: disable=protected-access
 OUTPUT = os.path.join(REPO, 'benchmarks', 'results', 'main_job_recipe.json')
 
 
@@ -121,7 +122,7 @@ def main(argv=None):
   finetune_scores = {name[len('finetune_lr'):]: score
                      for name, score in scores.items()
                      if name.startswith('finetune_lr')}
-  chosen = semi_supervised.best_of(finetune_scores)
+  chosen = plan_lib.best_of(finetune_scores)
   print(f'chosen finetune learning rate: {chosen}')
   record = {
       'validation_split': VALIDATION_SPLIT, 'train_split': TRAIN_SPLIT,
@@ -134,8 +135,8 @@ def main(argv=None):
       'finetune_validation_top_1': finetune_scores,
       'chosen_learning_rate': chosen,
       'seconds': seconds, 'total_seconds': round(time.time() - started, 1),
-      'git': semi_supervised.git_info(),
-      'machine': semi_supervised.machine_info(),
+      'git': report.git_info(),
+      'machine': report.machine_info(),
       'command': 'python benchmarks/main_job_recipe.py ' + ' '.join(
           argv if argv is not None else sys.argv[1:])}
   os.makedirs(os.path.dirname(args.output), exist_ok=True)

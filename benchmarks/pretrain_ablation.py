@@ -5,7 +5,7 @@ r"""Pretraining recipes of the protocol compared on its validation split.
   python benchmarks/pretrain_ablation.py --crop_min_areas=0.25 --width_epochs=0.125:12,0.25:6
   python benchmarks/pretrain_ablation.py --crop_min_areas=0.25 --batches=128,256,512
 
-Runs the protocol's pretraining (benchmarks/semi_supervised.py's Plan: the
+Runs the protocol's pretraining (benchmarks/protocol/plan.py's Plan: the
 same network, batch, rate, temperature and augmentation) on its pool for
 --epochs, once per (smallest crop area of the two views, temperature of
 NT-Xent) pair, and with --width_epochs once per (width multiplier, epochs)
@@ -34,7 +34,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from benchmarks import semi_supervised  # pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+from benchmarks.protocol import anchors
+from benchmarks.protocol import flags as flags_lib
+from benchmarks.protocol import plan as plan_lib
+from benchmarks.protocol import report
+from benchmarks.protocol import stages as stages_lib
+# pylint: enable=wrong-import-position
 
 OUTPUT = os.path.join(REPO, 'benchmarks', 'results', 'pretrain_ablation.json')
 
@@ -86,7 +92,7 @@ def parse_args(argv):
   parser.add_argument('--crop_min_areas', default='0.08,0.25,0.5',
                       type=_floats)
   parser.add_argument('--temperatures', type=_floats,
-                      default=[semi_supervised.Plan.temperature])
+                      default=[plan_lib.Plan.temperature])
   parser.add_argument('--width_epochs', type=_width_epochs, default=None,
                       help='WIDTH:EPOCHS pairs, e.g. 0.125:12,0.25:6 '
                       '(default: the plan\'s width at --epochs)')
@@ -106,29 +112,29 @@ def main(argv=None):
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
-  stages = semi_supervised.Stages(args.work_dir,
-                                  echo=lambda line: print(line, flush=True))
+  stages = stages_lib.Stages(args.work_dir,
+                             echo=lambda line: print(line, flush=True))
   scores, seconds, logreg = {}, {}, {}
   try:
     for (name, key), plan in candidate_plans(
-        semi_supervised.Plan(), args.epochs, args.crop_min_areas,
+        plan_lib.Plan(), args.epochs, args.crop_min_areas,
         args.temperatures, args.width_epochs, args.batches).items():
       model_dir = stages.model_dir(name)
-      flags = semi_supervised.pretrain_flags(plan, model_dir)
+      flags = flags_lib.pretrain_flags(plan, model_dir)
       scores[key] = stages.validation_top_1(name, flags, key='knn_top_1')
       seconds[name] = round(stages.records[name]['seconds'], 1)
       if args.feature_logreg:
         logreg[key] = {str(c): top_1 for c, top_1 in
-                       semi_supervised.feature_logistic_regression(
+                       anchors.feature_logistic_regression(
                            plan, model_dir)['validation'].items()}
         print(f'[{name}] feature logistic regression, validation: '
               f'{logreg[key]}', flush=True)
-  except semi_supervised.StageFailed as error:
+  except stages_lib.StageFailed as error:
     print(f'pretrain_ablation.py: {error}', file=sys.stderr)
     return 1
   extra = {}
   if args.feature_logreg:
-    pixels = semi_supervised.raw_pixel_validation(semi_supervised.Plan())
+    pixels = anchors.raw_pixel_validation(plan_lib.Plan())
     print(f'[raw pixels] logistic regression, validation: {pixels}',
           flush=True)
     extra = {'validation_feature_logreg_top_1': logreg,
@@ -138,8 +144,8 @@ def main(argv=None):
             'width_epochs': {f'{w:g}': e for w, e in
                              (args.width_epochs or {}).items()} or None,
             'batches': args.batches,
-            'seconds': seconds, 'git': semi_supervised.git_info(),
-            'machine': semi_supervised.machine_info(),
+            'seconds': seconds, 'git': report.git_info(),
+            'machine': report.machine_info(),
             'command': shlex.join(['python', 'benchmarks/pretrain_ablation.py',
                                    *(sys.argv[1:] if argv is None else argv)])}
   os.makedirs(os.path.dirname(args.output), exist_ok=True)

@@ -1,7 +1,7 @@
-"""Tests of benchmarks/semi_supervised.py: the splits (validation carved apart
-from the labeled, unlabeled and test images), label seeds, the raw-pixel
-anchors against NumPy, stage flags, choices, tables and plots; one
-end-to-end --quick run (slow)."""
+"""Tests of benchmarks/semi_supervised.py and its parts (benchmarks/protocol/):
+the splits (validation carved apart from the labeled, unlabeled and test
+images), label seeds, the raw-pixel anchors against NumPy, stage flags,
+choices, tables and plots; one end-to-end --quick run (slow)."""
 
 import dataclasses
 import gzip
@@ -14,7 +14,12 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import semi_supervised as semi
+from benchmarks.protocol import anchors as anchors_lib
+from benchmarks.protocol import flags as flags_lib
+from benchmarks.protocol import plan as plan_lib
+from benchmarks.protocol import protocol
+from benchmarks.protocol import report
+from benchmarks.protocol import stages as stages_lib
 from tf_simclr import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,16 +54,16 @@ def small_fashion(tmp_path_factory):
     arrays[split] = images, labels
   data_dir = str(root / 'tfds')
   data.prepare_fashion_mnist(str(root), data_dir)
-  plan = semi.Plan(num_train=NUM_TRAIN, validation_size=100, data_dir=data_dir,
-                   logreg_cs=(0.5,), eval_steps=0)
+  plan = plan_lib.Plan(num_train=NUM_TRAIN, validation_size=100,
+                       data_dir=data_dir, logreg_cs=(0.5,), eval_steps=0)
   return plan, arrays
 
 
 def test_validation_pool_and_test_are_disjoint_and_cover_train(small_fashion):
   plan, _ = small_fashion
-  validation, _ = semi.split_keys_and_labels(plan, plan.validation_split)
-  pool, _ = semi.split_keys_and_labels(plan, plan.train_split)
-  everything, _ = semi.split_keys_and_labels(plan, 'train')
+  validation, _ = anchors_lib.split_keys_and_labels(plan, plan.validation_split)
+  pool, _ = anchors_lib.split_keys_and_labels(plan, plan.train_split)
+  everything, _ = anchors_lib.split_keys_and_labels(plan, 'train')
   assert len(validation) == 100 and len(pool) == NUM_TRAIN - 100
   assert not set(validation) & set(pool)
   assert set(validation) | set(pool) == set(everything)
@@ -66,30 +71,31 @@ def test_validation_pool_and_test_are_disjoint_and_cover_train(small_fashion):
 
 def test_labeled_subsets_come_from_the_pool_class_balanced(small_fashion):
   plan, _ = small_fashion
-  pool_keys, pool_labels = semi.split_keys_and_labels(plan, plan.train_split)
-  validation, _ = semi.split_keys_and_labels(plan, plan.validation_split)
+  pool_keys, pool_labels = anchors_lib.split_keys_and_labels(
+      plan, plan.train_split)
+  validation, _ = anchors_lib.split_keys_and_labels(plan, plan.validation_split)
   label_of = dict(zip(pool_keys, pool_labels))
   for fraction in (0.05, 0.1):  # 2 and 4 per class of 400 images.
-    subsets = [set(semi.labeled_subset_keys(plan, fraction, seed))
+    subsets = [set(anchors_lib.labeled_subset_keys(plan, fraction, seed))
                for seed in (0, 1, 2)]
     for subset in subsets:
       assert subset <= set(pool_keys)
       assert not subset & set(validation)
       counts = np.bincount([label_of[k] for k in subset], minlength=10)
       np.testing.assert_array_equal(
-          counts, [semi.per_class(fraction, NUM_TRAIN)] * 10)
+          counts, [plan_lib.per_class(fraction, NUM_TRAIN)] * 10)
     # The seeds pick different images, each seed the same ones every time.
     assert subsets[0] != subsets[1] and subsets[1] != subsets[2]
-    assert subsets[0] == set(semi.labeled_subset_keys(plan, fraction, 0))
+    assert subsets[0] == set(anchors_lib.labeled_subset_keys(plan, fraction, 0))
 
 
 def test_pool_label_fraction_selects_the_protocol_counts():
-  plan = semi.Plan()
+  plan = plan_lib.Plan()
   for fraction, per_class in ((0.001, 6), (0.01, 60), (0.1, 600)):
-    label_fraction = semi.pool_label_fraction(plan, fraction)
+    label_fraction = plan_lib.pool_label_fraction(plan, fraction)
     # tf_simclr.data's rule on the 55 000-image pool.
     assert round(label_fraction * plan.pool_size / 10) == per_class
-    assert semi.labeled_count(fraction) == 10 * per_class
+    assert plan_lib.labeled_count(fraction) == 10 * per_class
 
 
 def _numpy_weighted_knn(bank, bank_labels, queries, k=200, temperature=0.1):
@@ -108,12 +114,13 @@ def _numpy_weighted_knn(bank, bank_labels, queries, k=200, temperature=0.1):
 
 def test_raw_pixel_anchors_against_numpy(small_fashion):
   plan, arrays = small_fashion
-  anchors = semi.raw_pixel_anchors(plan, echo=lambda *_: None)
-  pool = semi.split_arrays(plan.dataset, plan.train_split, 28,
-                           data_dir=plan.data_dir)
-  validation = semi.split_arrays(plan.dataset, plan.validation_split, 28,
-                                 data_dir=plan.data_dir)
-  test = semi.split_arrays(plan.dataset, 'test', 28, data_dir=plan.data_dir)
+  anchors = anchors_lib.raw_pixel_anchors(plan, echo=lambda *_: None)
+  pool = anchors_lib.split_arrays(plan.dataset, plan.train_split, 28,
+                                  data_dir=plan.data_dir)
+  validation = anchors_lib.split_arrays(plan.dataset, plan.validation_split,
+                                        28, data_dir=plan.data_dir)
+  test = anchors_lib.split_arrays(plan.dataset, 'test', 28,
+                                  data_dir=plan.data_dir)
   # The arrays are the IDX files' images in [0, 1] (any order).
   train_pixels = np.concatenate([pool[0], validation[0]])
   np.testing.assert_allclose(
@@ -126,8 +133,8 @@ def test_raw_pixel_anchors_against_numpy(small_fashion):
   # Logistic regression: its weights solve the regularised problem (the
   # gradient of C * sum CE + |W|^2 / 2 is ~0, computed here in NumPy), and
   # the reported accuracy is that model's on the test split.
-  accuracy, model = semi.logistic_regression_accuracy(*pool, *test, c=0.5,
-                                                      max_iter=2000)
+  accuracy, model = anchors_lib.logistic_regression_accuracy(
+      *pool, *test, c=0.5, max_iter=2000)
   logits = pool[0] @ model.coef_.T + model.intercept_
   probabilities = np.exp(logits - logits.max(1, keepdims=True))
   probabilities /= probabilities.sum(1, keepdims=True)
@@ -147,7 +154,7 @@ def test_standardise_uses_the_first_arrays_statistics():
   train = rng.normal(5.0, 3.0, (200, 4)).astype(np.float32)
   train[:, 2] = 7.0  # A constant column: shifted, not divided by 0.
   other = rng.normal(0.0, 1.0, (30, 4)).astype(np.float32)
-  train_s, other_s = semi.standardise(train, other)
+  train_s, other_s = anchors_lib.standardise(train, other)
   np.testing.assert_allclose(train_s.mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(train_s.std(0), [1, 1, 0, 1], atol=1e-5)
   # Hand formula: (x - mean(train)) / std(train), column by column.
@@ -161,7 +168,7 @@ def test_standardise_uses_the_first_arrays_statistics():
 
 def test_feature_logistic_regression_reads_pool_and_validation_only(
     monkeypatch):
-  plan = semi.Plan(logreg_cs=(0.1, 1.0))
+  plan = plan_lib.Plan(logreg_cs=(0.1, 1.0))
   rng = np.random.RandomState(0)
   directions = rng.normal(size=(10, 8))
   read = []
@@ -179,26 +186,26 @@ def test_feature_logistic_regression_reads_pool_and_validation_only(
       return [split_features(model_dir, split, key) for split in splits]
     return encoder_features
 
-  monkeypatch.setattr(semi, 'encoder_features', features(1.0, 0.0))
-  plain = semi.feature_logistic_regression(plan, '/model')
+  monkeypatch.setattr(anchors_lib, 'encoder_features', features(1.0, 0.0))
+  plain = anchors_lib.feature_logistic_regression(plan, '/model')
   assert {split for _, split, _ in read} == {plan.train_split,
                                             plan.validation_split}
   assert {(model_dir, key) for model_dir, _, key in read} == {
       ('/model', 'final_avg_pool')}
   assert set(plain['validation']) == {0.1, 1.0} and 'test_top_1' not in plain
-  assert plain['c'] == semi.best_of(plain['validation'])
+  assert plain['c'] == plan_lib.best_of(plain['validation'])
   assert min(plain['validation'].values()) > 0.5  # Learnable: chance is 0.1.
   # With test: the test split is read once, scored by the chosen C's model.
   read.clear()
-  tested = semi.feature_logistic_regression(plan, '/model', test=True)
+  tested = anchors_lib.feature_logistic_regression(plan, '/model', test=True)
   assert [split for _, split, _ in read].count('test') == 1
   assert 0.5 < tested['test_top_1'] <= 1
   # Standardised with the pool's statistics: a per-feature affine change of
   # the features (the same for every split) changes nothing.
   scale = np.exp(rng.normal(size=8) * 3)
   shift = rng.normal(size=8) * 100
-  monkeypatch.setattr(semi, 'encoder_features', features(scale, shift))
-  moved = semi.feature_logistic_regression(plan, '/model', test=True)
+  monkeypatch.setattr(anchors_lib, 'encoder_features', features(scale, shift))
+  moved = anchors_lib.feature_logistic_regression(plan, '/model', test=True)
   for c in plain['validation']:
     assert moved['validation'][c] == pytest.approx(plain['validation'][c],
                                                    abs=0.01)
@@ -224,9 +231,9 @@ def test_encoder_features_are_the_checkpointed_networks(small_fashion,
   model_dir = str(tmp_path / 'pretrain')
   config_lib.write_architecture(model_dir, record.to_dict())
   tf.train.Checkpoint(model=model).save(os.path.join(model_dir, 'ckpt'))
-  [(features, labels)] = semi.encoder_features(plan, model_dir,
-                                               [plan.validation_split])
-  pixels, pixel_labels = semi.split_arrays(
+  [(features, labels)] = anchors_lib.encoder_features(plan, model_dir,
+                                                      [plan.validation_split])
+  pixels, pixel_labels = anchors_lib.split_arrays(
       plan.dataset, plan.validation_split, 28, data_dir=plan.data_dir)
   expected = model(pixels.reshape(-1, 28, 28, 1).repeat(3, axis=-1),
                    training=False)['final_avg_pool'].numpy()
@@ -244,11 +251,11 @@ def test_encoder_features_are_the_checkpointed_networks(small_fashion,
 
 # ---------------------------------------------------------------- plan and flags
 def test_default_plan_fits_the_budget_with_margin():
-  assert semi.estimate_seconds(semi.make_plan())['total'] <= 3600
+  assert plan_lib.estimate_seconds(plan_lib.make_plan())['total'] <= 3600
 
 
 def test_default_plan_seeds_and_steps():
-  plan = semi.make_plan()
+  plan = plan_lib.make_plan()
   assert plan.label_seeds == {0.001: (0, 1, 2), 0.01: (0, 1, 2), 0.1: (0,)}
   steps = plan.steps()
   assert steps['pretrain'] == 55_000 * plan.pretrain_epochs // 256 + 1
@@ -263,13 +270,13 @@ def test_default_plan_seeds_and_steps():
   assert plan.runs()['supervised'] == 2 * (3 + 1) + 3 + 7 == plan.runs()[
       'finetune']
   with pytest.raises(ValueError, match='crop_sweep_fractions'):
-    semi.Plan(sweep_fractions=(0.001,), crop_sweep_fractions=(0.001, 0.01))
+    plan_lib.Plan(sweep_fractions=(0.001,), crop_sweep_fractions=(0.001, 0.01))
   assert len(plan.supervised_learning_rates) == len(
       plan.finetune_learning_rates)  # The same tuning effort.
 
 
 def test_scale_multiplies_epochs_and_widths():
-  base, big = semi.make_plan(), semi.make_plan(scale=4)
+  base, big = plan_lib.make_plan(), plan_lib.make_plan(scale=4)
   assert big.width == 4 * base.width
   assert big.student_width == 4 * base.student_width
   assert big.steps()['pretrain'] == pytest.approx(
@@ -277,24 +284,26 @@ def test_scale_multiplies_epochs_and_widths():
 
 
 def test_stage_flags_read_validation_and_test_only_when_asked():
-  plan = semi.make_plan()
-  finetune = semi.few_label_flags(plan, 0.01, 2, '/m', 0.2, '/p', 0.25)
+  plan = plan_lib.make_plan()
+  finetune = flags_lib.few_label_flags(plan, 0.01, 2, '/m', 0.2, '/p', 0.25)
   assert '--crop_min_area=0.25' in finetune
   assert '--ft_proj_selector=1' in finetune
   assert '--zero_init_logits_layer' in finetune
   assert '--label_seed=2' in finetune
   assert '--train_split=train[5000:]' in finetune
   assert '--eval_split=train[:5000]' in finetune
-  supervised = semi.few_label_flags(plan, 0.01, 0, '/m', 0.8, 'scratch', 1.0)
+  supervised = flags_lib.few_label_flags(plan, 0.01, 0, '/m', 0.8, 'scratch',
+                                         1.0)
   assert '--crop_min_area=1.0' in supervised
   assert '--checkpoint=scratch' in supervised
   assert '--ft_proj_selector=0' in supervised
-  small = semi.distill_flags(plan, '/m', '/t', 0.2, 0.01, small=True)
-  small_at_10 = semi.distill_flags(plan, '/m', '/t', 0.2, 0.1, small=True)
+  small = flags_lib.distill_flags(plan, '/m', '/t', 0.2, 0.01, small=True)
+  small_at_10 = flags_lib.distill_flags(plan, '/m', '/t', 0.2, 0.1, small=True)
   assert f'--width_multiplier={plan.student_width}' in small
   assert not any(f.startswith('--checkpoint=') for f in small)
-  self_distill = semi.distill_flags(plan, '/m', '/t', 0.05, 0.1,
-                                   init_checkpoint='/p', crop_min_area=0.5)
+  self_distill = flags_lib.distill_flags(plan, '/m', '/t', 0.05, 0.1,
+                                         init_checkpoint='/p',
+                                         crop_min_area=0.5)
   assert '--crop_min_area=0.5' in self_distill
   assert f'--width_multiplier={plan.width}' in self_distill
   assert f'--train_steps={plan.steps()["distill"]}' in self_distill
@@ -304,40 +313,41 @@ def test_stage_flags_read_validation_and_test_only_when_asked():
   assert '--train_steps=1032' in small_at_10
   assert '--checkpoint=/p' in self_distill
   # The self-distilled student's starts compared on validation.
-  assert [semi.student_init_checkpoint(init, '/p', '/t')
+  assert [flags_lib.student_init_checkpoint(init, '/p', '/t')
           for init in ('pretrained', 'teacher', 'scratch')] == ['/p', '/t', None]
   assert '--learning_rate=0.05' in self_distill
-  from_teacher = semi.distill_flags(
-      plan, '/m', '/t', 0.2, 0.01, init_checkpoint=semi.student_init_checkpoint(
-          'teacher', '/p', '/t'))
+  from_teacher = flags_lib.distill_flags(
+      plan, '/m', '/t', 0.2, 0.01,
+      init_checkpoint=flags_lib.student_init_checkpoint('teacher', '/p', '/t'))
   assert '--checkpoint=/t' in from_teacher and '--teacher_checkpoint=/t' in (
       from_teacher)
   assert '--zero_init_logits_layer' in from_teacher
   # The half-width student's own pretraining, and the student from it.
-  small_pretrain = semi.pretrain_flags(plan, '/ps', small=True)
+  small_pretrain = flags_lib.pretrain_flags(plan, '/ps', small=True)
   assert f'--width_multiplier={plan.student_width}' in small_pretrain
   assert f'--train_steps={plan.steps()["pretrain_small"]}' in small_pretrain
-  assert plan.steps()['pretrain_small'] == semi.steps_for(
+  assert plan.steps()['pretrain_small'] == plan_lib.steps_for(
       plan.student_pretrain_epochs, plan.pool_size, plan.pretrain_batch)
-  assert f'--width_multiplier={plan.width}' in semi.pretrain_flags(plan, '/p')
-  small_pretrained = semi.distill_flags(plan, '/m', '/t', 0.2, 0.001, small=True,
-                                        init_checkpoint='/ps')
+  assert f'--width_multiplier={plan.width}' in flags_lib.pretrain_flags(
+      plan, '/p')
+  small_pretrained = flags_lib.distill_flags(plan, '/m', '/t', 0.2, 0.001,
+                                             small=True, init_checkpoint='/ps')
   assert f'--width_multiplier={plan.student_width}' in small_pretrained
   assert '--checkpoint=/ps' in small_pretrained
   assert '--ft_proj_selector=1' in small_pretrained
   for flags in (finetune, supervised, small, self_distill, small_pretrained,
                 small_pretrain):
     assert '--eval_split=test' not in flags
-    test = semi.test_flags(flags)
+    test = flags_lib.test_flags(flags)
     assert '--eval_split=test' in test and '--mode=eval' in test
     assert '--eval_name=test' in test
     assert not any(f.startswith('--eval_split=train') for f in test)
-    final = semi.test_flags(flags, train=True)  # Trains, then reads test.
+    final = flags_lib.test_flags(flags, train=True)  # Trains, then reads test.
     assert '--mode=train_then_eval' in final and '--eval_split=test' in final
     assert final.count('--eval_name=test') == 1
 
 
-class _FakeStages(semi.Stages):
+class _FakeStages(stages_lib.Stages):
   """Records every stage's flags instead of running run.py; validation
   scores favour one candidate of each sweep so the choice is visible."""
 
@@ -349,7 +359,7 @@ class _FakeStages(semi.Stages):
     if name in self.records:
       return self.records[name]
     self.calls.append((name, flags))
-    value = lambda flag: semi._flag_value(flags, flag)  # pylint: disable=unnecessary-lambda-assignment
+    value = lambda flag: flags_lib.flag_value(flags, flag)  # pylint: disable=unnecessary-lambda-assignment
     score = 0.5 + 0.1 * ('lr0.05' in name or 'lr6.4' in name) + 0.1 * (
         '_pretrained_' in name) + 0.05 * (
             'finetune' in name and 'area1' in name)
@@ -370,12 +380,12 @@ def _fake_feature_logistic_regression(plan, model_dir, cs=None, test=False,
 def _faked_protocol(plan, tmp_path, monkeypatch):
   """run_protocol over _FakeStages: (results, stages, names evaluated on
   test, names evaluated on validation, trained(arm): training runs of arm)."""
-  monkeypatch.setattr(semi, 'cached_raw_pixel_anchors',
+  monkeypatch.setattr(protocol, 'cached_raw_pixel_anchors',
                       lambda *args, **kwargs: {})
-  monkeypatch.setattr(semi, 'feature_logistic_regression',
+  monkeypatch.setattr(anchors_lib, 'feature_logistic_regression',
                       _fake_feature_logistic_regression)
   stages = _FakeStages(str(tmp_path))
-  results = semi.run_protocol(plan, stages, echo=lambda *_: None)
+  results = protocol.run_protocol(plan, stages, echo=lambda *_: None)
   tested = [name for name, flags in stages.calls
             if '--eval_split=test' in flags]
   validated = [name for name, flags in stages.calls
@@ -393,12 +403,12 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   every (arm, fraction, seed) is evaluated on the test split exactly once,
   every run compared for a choice is evaluated on validation only, and the
   chosen learning rate's run is the one tested."""
-  plan = semi.make_plan()
+  plan = plan_lib.make_plan()
   results, stages, tested, validated, trained = _faked_protocol(
       plan, tmp_path, monkeypatch)
   assert len(tested) + len(validated) == len(stages.calls)
   assert len(set(tested)) == len(tested)
-  finals = sum(len(plan.label_seeds[f]) for f in semi.FRACTIONS)
+  finals = sum(len(plan.label_seeds[f]) for f in plan_lib.FRACTIONS)
   # The pretraining, its probe, the half-width one; 4 arms per seed.
   assert len(tested) == 3 + 4 * finals
   for name, flags in stages.calls:
@@ -406,7 +416,7 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
       assert '--mode=train_then_eval' in flags
   chosen = results['validation_choices']
   for fraction in plan.crop_sweep_fractions:
-    key = semi.fraction_key(fraction)
+    key = plan_lib.fraction_key(fraction)
     # Rates at the first crop area, then the areas at the chosen rate (the
     # baseline's tie goes to the first area).
     assert chosen[f'supervised_learning_rate@{key}']['chosen'] == 6.4
@@ -478,7 +488,7 @@ def test_protocol_reads_test_once_per_final_model_and_chooses_on_validation(
   # The encoder's logistic regression: the fake's test number, its C.
   assert results['encoder']['feature_logreg_top_1'] == 0.71
   assert results['encoder']['feature_logreg_c'] == 1.0
-  for arm in semi.ARMS:
+  for arm in plan_lib.ARMS:
     assert set(results['top_1'][arm]) == {'0.001', '0.01', '0.1'}
 
 
@@ -489,7 +499,7 @@ def test_student_candidates_are_compared_on_seed_zero_only(tmp_path,
   each fraction's seed 0, the chosen one is then tested once, and the other
   seeds train at that choice straight on test; the half-width pretraining
   runs once."""
-  plan = dataclasses.replace(semi.make_plan(),
+  plan = dataclasses.replace(plan_lib.make_plan(),
                              distill_learning_rates=(0.0125, 0.05))
   results, stages, tested, validated, trained = _faked_protocol(
       plan, tmp_path, monkeypatch)
@@ -519,34 +529,34 @@ def test_memory_arm_gets_the_plain_pretraining_budget():
   """--memory_size adds the simclr_memory arm: its pretraining has the
   memory flags and pretrain_epochs / memory_step_cost epochs, and as many
   finetuning runs (learning-rate candidates included) as the plain arm."""
-  plain = semi.make_plan()
-  assert semi.MEMORY_ARM not in plain.arms
+  plain = plan_lib.make_plan()
+  assert plan_lib.MEMORY_ARM not in plain.arms
   assert plain.runs()['finetune_memory'] == 0
-  assert 'memory_arm' not in semi.estimate_seconds(plain)
+  assert 'memory_arm' not in plan_lib.estimate_seconds(plain)
   plan = dataclasses.replace(plain, memory_size=16384, memory_momentum=0.99,
                              memory_step_cost=1.25)
-  assert plan.arms[-1] == semi.MEMORY_ARM
+  assert plan.arms[-1] == plan_lib.MEMORY_ARM
   steps = plan.steps()
-  assert steps['pretrain_memory'] == semi.steps_for(
+  assert steps['pretrain_memory'] == plan_lib.steps_for(
       plain.pretrain_epochs / 1.25, plain.pool_size, plain.pretrain_batch)
   assert steps['pretrain_memory'] < steps['pretrain']
-  flags = semi.pretrain_flags(plan, '/m', memory=True)
+  flags = flags_lib.pretrain_flags(plan, '/m', memory=True)
   assert '--memory_size=16384' in flags and '--memory_momentum=0.99' in flags
   assert f'--train_steps={steps["pretrain_memory"]}' in flags
-  assert not any('memory' in f for f in semi.pretrain_flags(plan, '/m'))
+  assert not any('memory' in f for f in flags_lib.pretrain_flags(plan, '/m'))
   assert plan.runs()['finetune_memory'] == plan.runs()['finetune']
-  estimate = semi.estimate_seconds(plan)
+  estimate = plan_lib.estimate_seconds(plan)
   assert estimate['memory_arm'] > estimate['pretrain']
 
 
 def test_best_of_takes_the_highest_validation_score_first_on_ties():
-  assert semi.best_of({0.2: 0.5, 0.8: 0.7}) == 0.8
-  assert semi.best_of({0.2: 0.7, 0.8: 0.7}) == 0.2
+  assert plan_lib.best_of({0.2: 0.5, 0.8: 0.7}) == 0.8
+  assert plan_lib.best_of({0.2: 0.7, 0.8: 0.7}) == 0.2
 
 
 # ---------------------------------------------------------------- stages and outputs
 def test_a_stage_done_before_is_reused_not_rerun(tmp_path):
-  stages = semi.Stages(str(tmp_path), echo=lambda *_: None)
+  stages = stages_lib.Stages(str(tmp_path), echo=lambda *_: None)
   model_dir = tmp_path / 'x'
   model_dir.mkdir()
   record = {'seconds': 12.5, 'train': {},
@@ -565,12 +575,12 @@ def test_a_stage_run_twice_in_one_invocation_is_not_marked_reused(
 
   def fake_run_py(flags):
     calls.append(flags)
-    model_dir = semi._flag_value(flags, 'model_dir')  # pylint: disable=protected-access
+    model_dir = flags_lib.flag_value(flags, 'model_dir')
     with open(os.path.join(model_dir, 'result.json'), 'w') as f:
       json.dump({'label_top_1_accuracy': 0.5, 'eval_split': 'v'}, f)
     return {'train': {}}
-  monkeypatch.setattr(semi, '_run_py_in_process', fake_run_py)
-  stages = semi.Stages(str(tmp_path), echo=lambda *_: None)
+  monkeypatch.setattr(stages_lib, '_run_py_in_process', fake_run_py)
+  stages = stages_lib.Stages(str(tmp_path), echo=lambda *_: None)
   flags = [f'--model_dir={tmp_path / "y"}']
   first = stages.run('y', flags)
   second = stages.run('y', flags)
@@ -579,8 +589,9 @@ def test_a_stage_run_twice_in_one_invocation_is_not_marked_reused(
 
 
 def test_a_failed_stage_raises_stage_failed(tmp_path):
-  stages = semi.Stages(str(tmp_path), subprocesses=True, echo=lambda *_: None)
-  with pytest.raises(semi.StageFailed, match='exit status 2'):
+  stages = stages_lib.Stages(str(tmp_path), subprocesses=True,
+                             echo=lambda *_: None)
+  with pytest.raises(stages_lib.StageFailed, match='exit status 2'):
     stages.run('bad', [f'--model_dir={tmp_path / "m"}', '--resnet_depth=19'])
 
 
@@ -608,7 +619,7 @@ def fake_results():
 
 
 def test_markdown_table():
-  text = semi.markdown_table(fake_results())
+  text = report.markdown_table(fake_results())
   assert ('| Supervised from scratch (labeled subset only) | 50.00 (40.0–60.0) '
           '| 80.00 (80.0–80.0) | 88.00 |') in text
   assert '| Distilled' not in text or '—' in text
@@ -622,7 +633,7 @@ def test_markdown_table():
 def test_write_outputs(tmp_path):
   curves = {'train/contrast_loss': [(10, 5.0), (20, 4.0)],
             'train/contrast_acc': [(10, 0.1), (20, 0.3)]}
-  paths = semi.write_outputs(fake_results(), curves, str(tmp_path))
+  paths = report.write_outputs(fake_results(), curves, str(tmp_path))
   for name in ('accuracy.png', 'pretraining.png'):
     with open(paths[name], 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
@@ -640,7 +651,7 @@ def test_read_scalars_from_event_file(tmp_path):
       tf.summary.scalar('train/other', 1.0, step=step)
   writer.flush()
   writer.close()
-  curves = semi.read_scalars(str(tmp_path))
+  curves = report.read_scalars(str(tmp_path))
   assert [s for s, _ in curves['train/contrast_loss']] == [1, 2, 3]
   assert curves['train/contrast_loss'][1][1] == pytest.approx(5.0)
   assert curves['train/contrast_acc'] == []
@@ -656,7 +667,7 @@ def test_quick_protocol_end_to_end(tmp_path):
       text=True, timeout=3600, check=False)
   assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
   results = json.loads((output / 'results.json').read_text())
-  for arm in semi.ARMS:
+  for arm in plan_lib.ARMS:
     for fraction in results['fractions']:
       assert 0 <= results['top_1'][arm][fraction] <= 1
   assert set(results['encoder']) >= {'knn_top_1', 'linear_probe_top_1',
@@ -675,12 +686,13 @@ def test_feature_regression_of_a_pretraining_runs_once_per_model_dir(
     calls.append(model_dir)
     return _fake_feature_logistic_regression(plan, model_dir, cs, test, key)
 
-  monkeypatch.setattr(semi, 'feature_logistic_regression', fake)
-  plan = semi.Plan()
+  monkeypatch.setattr(anchors_lib, 'feature_logistic_regression', fake)
+  plan = plan_lib.Plan()
   for _ in range(2):  # A second invocation in the same work_dir reuses it.
-    stages = semi.Stages(str(tmp_path), echo=lambda *_: None)
+    stages = stages_lib.Stages(str(tmp_path), echo=lambda *_: None)
     os.makedirs(stages.model_dir('pretrain'), exist_ok=True)
-    logreg = semi.cached_feature_logistic_regression(plan, stages, 'pretrain')
+    logreg = protocol.cached_feature_logistic_regression(plan, stages,
+                                                         'pretrain')
     assert logreg['test_top_1'] == 0.71 and logreg['c'] == 1.0
     assert logreg['validation'] == {'0.1': 0.7, '1.0': 0.72}
     assert 'pretrain_feature_logreg' in stages.timings()
