@@ -1,32 +1,20 @@
-"""Exports SimCLR models: TF-Hub modules at every projection-head depth and a
-TF Serving SavedModel.
-
-  export_dir/hub/proj_head_<k>/   k = 0..N, TF-Hub reusable SavedModels
-                                  (k = 0: final_avg_pool), the latest export
-  export_dir/saved_model/<step>/  TF Serving versions (at most keep_max)
-
-Example:
-  >>> import export
-  >>> paths = export.export_model(model, '/tmp/export', image_size=224,
-  ...                             step=1000, train_mode='finetune',
-  ...                             class_names=names)
-  >>> paths['saved_model'], paths['hub'][2]
-  ('/tmp/export/saved_model/1000', '/tmp/export/hub/proj_head_2')
-
-Command line (any stage's model_dir): `python -m export --model_dir=DIR
---export_dir=OUT`. Serving and transfer learning: docs/serving.md.
-
-The names below load on first use, so `python -m export` can quiet
-TensorFlow's logging before TensorFlow is imported.
+"""The checkout's name for tf_simclr.export, so that `python -m export` and
+`import export` keep working from the repository root. Not installed with the
+package: installed code imports tf_simclr.export, and the command line is
+`tf-simclr-export`.
 """
 
-_PUBLIC = ('ExportError', 'export_model', 'export_from_model_dir',
-           'hub_module_dir', 'saved_model_versions')
-__all__ = list(_PUBLIC)
+from tf_simclr import export as _package
+
+__all__ = list(_package.__all__)
 
 
 def __getattr__(name):
-  if name in _PUBLIC:
-    from export import exporter  # pylint: disable=import-outside-toplevel
-    return getattr(exporter, name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  # Public names and submodules (`from export import exporter`) of the package.
+  if name.startswith('__'):
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  try:
+    return getattr(_package, name)
+  except AttributeError:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}'
+                         ) from None

@@ -1,72 +1,8 @@
-r"""Exports a model_dir of any stage (pretrain, finetune, distill).
+"""python -m export: tf_simclr/export/cli.py's command line, from a checkout."""
 
-  python -m export --model_dir=/tmp/simclr_finetune --export_dir=/tmp/export \
-      [--checkpoint=PREFIX] [--keep_hub_module_max=1] [--overwrite]
-
-Writes export_dir/hub/proj_head_<k>/ and export_dir/saved_model/<step>/ (see
-the export package) and prints the paths as JSON. Exit status: 0 done (also
-when saved_model/<step> existed and --overwrite was not given: nothing is
-written and stderr says so); 2 bad input (one line on stderr).
-"""
-
-import argparse
-import json
-import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-PROGRAM = 'python -m export'
-
-
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    print(f'{PROGRAM}: error: {message}', file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_args(argv):
-  parser = _Parser(prog=PROGRAM, description=__doc__.splitlines()[0])
-  parser.add_argument('--model_dir', required=True,
-                      help='model_dir of a run (holds config.json and '
-                           'checkpoints).')
-  parser.add_argument('--export_dir', required=True,
-                      help='Where hub/ and saved_model/ are written.')
-  parser.add_argument('--checkpoint', default=None,
-                      help='Checkpoint prefix to export (default: the latest '
-                           'in model_dir).')
-  parser.add_argument('--keep_hub_module_max', type=int, default=1,
-                      help='Most saved_model versions kept; 0 keeps all.')
-  parser.add_argument('--overwrite', action='store_true',
-                      help='Replace an existing saved_model/<step>.')
-  args = parser.parse_args(argv)
-  if args.keep_hub_module_max < 0:
-    parser.error('--keep_hub_module_max must be >= 0, got '
-                 f'{args.keep_hub_module_max}')
-  return args
-
-
-def main(argv=None):
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  # Imported here, after TF_CPP_MIN_LOG_LEVEL is set.
-  import export  # pylint: disable=import-outside-toplevel
-  from tf_simclr import checkpoints  # pylint: disable=import-outside-toplevel
-  from tf_simclr import reference  # pylint: disable=import-outside-toplevel
-  try:
-    result = export.export_from_model_dir(
-        args.model_dir, args.export_dir, checkpoint=args.checkpoint,
-        keep_max=args.keep_hub_module_max, overwrite=args.overwrite)
-  except (export.ExportError, checkpoints.CheckpointError,
-          reference.ReferenceCheckpointError) as error:
-    print(f'{PROGRAM}: error: {error}', file=sys.stderr)
-    return 2
-  if not result['written']:
-    print(f'{PROGRAM}: {result["saved_model"]} exists; nothing written '
-          '(pass --overwrite to replace it)', file=sys.stderr)
-  print(json.dumps(result, indent=1))
-  return 0
-
+from tf_simclr.export import cli
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(cli.main(program='python -m export'))

@@ -11,7 +11,8 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     echo "note: Debian's dataset-fashion-mnist is not installed; fashion_mnist will need internet" >&2
   fi
 fi
-python3 -m pip install -q -e ".[test]"
+# Exact versions from constraints.txt; setup.py holds the supported ranges.
+python3 -m pip install -q -c constraints.txt -e ".[test]"
 # Fashion-MNIST's IDX files written once into TFDS's format (about 30 s), so
 # that the first run.py starts training at once.
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then

@@ -19,10 +19,10 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
-import export
-from export import exporter
-from export import modules
 from tf_simclr import augment
+from tf_simclr import export
+from tf_simclr.export import exporter
+from tf_simclr.export import modules
 from tf_simclr import model as model_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -415,7 +415,7 @@ MIRRORED_SCRIPT = """
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import export
+    from tf_simclr import export
     from tf_simclr import model as model_lib
 
     export_dir, architecture = sys.argv[1], json.loads(sys.argv[2])
@@ -480,7 +480,7 @@ def test_global_bn_mirrored_export_runs_on_one_cpu(tmp_path):
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
-  from export import __main__ as cli  # pylint: disable=g-import-not-at-top
+  from tf_simclr.export import cli  # pylint: disable=g-import-not-at-top
   no_config = tmp_path / 'no_config'
   no_config.mkdir()
   no_checkpoint = tmp_path / 'no_checkpoint'
@@ -503,7 +503,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert status == 2, (args, captured.err)
-    assert len(lines) == 1 and lines[0].startswith('python -m export: error:')
+    assert len(lines) == 1 and lines[0].startswith('tf-simclr-export: error:')
     assert expected in lines[0], (args, lines)
     assert not captured.out
 
@@ -515,6 +515,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
   assert completed.returncode == 2
   lines = completed.stderr.strip().splitlines()
   assert len(lines) == 1 and 'no checkpoint' in lines[0], lines
+  assert lines[0].startswith('python -m export: error:'), lines
   assert not os.path.exists(tmp_path / 'out')
 
 

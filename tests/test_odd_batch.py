@@ -137,8 +137,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
-import export
 import odd_batch_gradients
+from tf_simclr import export
 from tf_simclr import model as model_lib
 
 export_dir, images_count, batch_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

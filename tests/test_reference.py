@@ -428,7 +428,7 @@ def test_loaded_fixture_exported_and_reloaded_gives_the_reference_outputs(
   consumer runs it: grappler's arithmetic optimizer reorders the BN
   arithmetic, which moves outputs of this deep SK network by up to ~3e-5
   relative from the eager values in expected.npz (still checked, at 1e-4)."""
-  import export  # pylint: disable=import-outside-toplevel
+  from tf_simclr import export  # pylint: disable=import-outside-toplevel
   name = 'r50_w0.125_sk1_64px'
   model = build(name)
   reference.load_reference_checkpoint(model, fixture_prefix(name))

@@ -16,7 +16,7 @@ Each SavedModel is written to a temporary sibling directory (a name TF Serving
 ignores) and renamed into place, so no reader sees a half-written one; when
 anything fails, the temporary directories are removed and nothing changes.
 
-What is inside each SavedModel: export/modules.py.
+What is inside each SavedModel: modules.py beside this file.
 """
 
 import json
@@ -25,7 +25,7 @@ import uuid
 
 import tensorflow as tf
 
-from export import modules
+from tf_simclr.export import modules
 from tf_simclr import architecture as architecture_lib
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
