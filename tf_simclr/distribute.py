@@ -77,11 +77,9 @@ def runs_on_accelerator(strategy):
 FAST_BFLOAT16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 
-# --precision=bfloat16 on a CPU with AVX-512 BF16 / AMX, measured with the
-# benchmark on a 2-core AMD Zen 4: 1.6-1.74x float32's speed at width 1
-# (ResNet-18/34/50, 32 px), 0.46x at width 0.125 (ResNet-18, 28 px, batch
-# 256), where oneDNN's bfloat16 kernels lose on 8-64 channels. Widths in
-# between were not measured; the hint is given only where it was faster.
+# The width from which bfloat16 beats float32 on such a CPU: oneDNN's
+# bfloat16 kernels lose on narrow layers (8-64 channels), so the hint is given
+# only at widths where it was faster (docs/performance.md).
 BFLOAT16_FASTER_FROM_WIDTH = 1.0
 
 

@@ -112,13 +112,12 @@ class FixedPadding(tf_keras.layers.Layer):
     return tf.pad(inputs, [[0, 0], [begin, end], [begin, end], [0, 0]])
 
 
-# oneDNN's 1x1 backward-weights kernel (`jit_1x1`, which TensorFlow's CPU
-# build runs with oneDNN on: by default on CPUs with AVX-512 VNNI/BF16 or AMX,
-# or with TF_ENABLE_ONEDNN_OPTS=1) computes the weight gradient of a strided
-# NHWC convolution wrong when the input has fewer channels than its channel
-# block, 8 with AVX2 and 16 with AVX-512, and with AVX-512 writes past its
-# workspace, corrupting the heap (uxlfoundation/oneDNN issue 6035: hub
-# fine-tuning of a width-1/8 export aborted at an odd batch). Projection shortcuts are such convolutions at widths below 0.25.
+# oneDNN's 1x1 backward-weights kernel (`jit_1x1`, used by TensorFlow's CPU
+# build with oneDNN on) computes the weight gradient of a strided NHWC
+# convolution wrong when the input has fewer channels than its channel block
+# (8 with AVX2, 16 with AVX-512), and with AVX-512 corrupts the heap
+# (uxlfoundation/oneDNN issue 6035). Projection shortcuts are such
+# convolutions at widths below 0.25. Details: docs/serving.md.
 ONEDNN_1X1_CHANNEL_BLOCK = 16
 
 
