@@ -149,3 +149,34 @@ def test_library_takes_the_command_lines_values_as_an_object(tmp_path):
                     'steps_per_loop': ('steps_per_loop', '5')}
   with pytest.raises(benchmark.UsageError, match='NAME one of'):
     benchmark.parse_variant('resnet_depth=50', lambda name, text: text)
+
+
+def test_stage_component_breaks_in_process_runs_into_phases():
+  """--component=stage: real in-process runs of the three stages (synthetic
+  data), each broken into phases that do not overlap and fit in its wall
+  time; a later finetune of the process reads nothing new."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'tf_simclr.benchmark', '--component=stage',
+       '--dataset=synthetic', '--resnet_depth=18', '--width_multiplier=0.0625',
+       '--image_size=32', '--steps=1', '--stage_repeats=2'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  summary = json.loads(lines[-1])
+  runs = summary['runs']
+  assert [(run['stage'], run['repeat']) for run in runs] == [
+      ('pretrain', 0), ('finetune', 0), ('finetune', 1), ('distill', 0),
+      ('distill', 1)]
+  for run in runs:
+    phases = run['phases']
+    for name in ('inputs', 'model', 'restore', 'input_pipeline',
+                 'trace_train_loop', 'first_loop', 'checkpoint', 'eval_trace',
+                 'eval_pass'):
+      assert phases[name] >= 0, (run['stage'], name)
+    assert 0 < sum(phases.values()) <= run['seconds']
+  assert 'teacher' in runs[3]['phases'] and 'knn' in runs[0]['phases']
+  assert set(summary['median_repeated_seconds']) == {'finetune', 'distill'}
+  # The table: a row per phase, a column per run.
+  assert any(line.startswith('trace_train_loop') and len(line.split()) == 6
+             for line in lines)

@@ -389,3 +389,99 @@ def test_augmentation_grid_png(tmp_path):
   path = visualize.write_augmentation_grid_for_dataset(
       str(tmp_path / 'sub' / 'grid.png'), 'synthetic', num_images=2)
   assert tf.io.decode_png(tf.io.read_file(path)).shape == (70, 104, 3)
+
+
+# ---------------------------------------------------------------- held in memory
+@pytest.fixture
+def counted_reads(monkeypatch):
+  """A tf.Variable counting the records the synthetic source reads."""
+  reads = tf.Variable(0, dtype=tf.int64)
+  source = sources.source('synthetic', None)
+  original_read = type(source).read
+
+  def counting_read(self, split, shuffle_files, seed, input_context):
+    dataset, sharded = original_read(self, split, shuffle_files, seed,
+                                     input_context)
+
+    def count(key, raw, label):
+      reads.assign_add(1)
+      return key, raw, label
+    return dataset.map(count), sharded
+
+  monkeypatch.setattr(type(source), 'read', counting_read)
+  data.release_memory()
+  yield reads
+  data.release_memory()
+
+
+def _streamed(monkeypatch, config):
+  """config's examples through the pipeline that holds nothing in memory."""
+  with monkeypatch.context() as patch:
+    patch.setattr(data, 'MEMORY_BYTES', 0)
+    data.release_memory()
+    assert data.held_in_memory(config) is None
+    return _collect(data.build_dataset(config))
+
+
+@pytest.mark.parametrize('changes', [
+    dict(label_fraction=0.05, subset='labeled', label_seed=3),  # records
+    dict(split='test', cache=True),                             # decoded
+    dict(label_fraction=0.05, subset='labeled', cache=True),    # decoded
+])
+def test_held_examples_are_read_once_and_are_the_streamed_ones(
+    monkeypatch, counted_reads, changes):
+  config = _config(**changes)
+  images, labels = _collect(data.build_dataset(config))
+  read_once = int(counted_reads.numpy())
+  assert read_once == data.get_info('synthetic').split_sizes[config.split]
+  again, again_labels = _collect(data.build_dataset(config))
+  assert int(counted_reads.numpy()) == read_once  # Nothing read again.
+  np.testing.assert_array_equal(images, again)
+  np.testing.assert_array_equal(labels, again_labels)
+  streamed, streamed_labels = _streamed(monkeypatch, config)
+  # The same examples in the same (reading) order as without holding.
+  np.testing.assert_array_equal(images, streamed)
+  np.testing.assert_array_equal(labels, streamed_labels)
+
+
+def test_held_subset_serves_training_and_the_views_of_other_runs(
+    counted_reads):
+  """A finetune's decoded subset (cache) also serves the training views
+  (cache=False) and the next run of the same subset: one scan in all."""
+  config = _config(label_fraction=0.05, subset='labeled', cache=True,
+                   is_training=True, augmentation='finetune', batch_size=8)
+  next(iter(data.build_dataset(config)))
+  next(iter(data.build_dataset(config.replace(cache=False, batch_size=3))))
+  next(iter(data.build_dataset(config)))
+  assert int(counted_reads.numpy()) == 1024
+
+
+def test_held_training_order_is_shuffled_per_build_and_seeded(counted_reads):
+  config = _config(split='test', cache=True, is_training=True,
+                   batch_size=256)
+
+  def first_labels(**changes):
+    return next(iter(data.build_dataset(config.replace(**changes))))[1].numpy()
+  seeded = first_labels(deterministic=True, seed=1)
+  np.testing.assert_array_equal(seeded,
+                                first_labels(deterministic=True, seed=1))
+  assert not np.array_equal(seeded, first_labels(deterministic=True, seed=2))
+  assert not np.array_equal(first_labels(), first_labels())
+  # Every build is a permutation of the same examples.
+  np.testing.assert_array_equal(np.sort(seeded),
+                                np.sort(data.synthetic_arrays('test')[1]))
+
+
+def test_held_memory_stays_within_its_bound(monkeypatch, counted_reads):
+  test_bytes = 256 * 32 * 32 * 3 + 4 * 256
+  monkeypatch.setattr(data, 'MEMORY_BYTES', test_bytes)
+  test_config = _config(split='test', cache=True)
+  assert data.held_in_memory(test_config) is not None
+  # The train split (4x larger) does not fit: streamed, nothing evicted.
+  assert data.held_in_memory(_config(split='train', cache=True)) is None
+  assert data.held_in_memory(test_config) is not None
+  # A second held entry that does not fit beside the first evicts it.
+  subset = _config(split='test', cache=True, subset='labeled',
+                   label_fraction=0.5)
+  assert data.held_in_memory(subset) is not None
+  assert len(data._HELD) == 1  # pylint: disable=protected-access

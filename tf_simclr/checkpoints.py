@@ -266,20 +266,13 @@ class SafeSaver:
     self.manager = manager
     self._variables_fn = variables_fn
     self._last_saved_step = None
-    self._all_finite = None
 
   def _weights_finite(self):
-    # Built at the first save: optimizer slots exist after the first step.
-    if self._all_finite is None:
-      tf = _tf()
-      floating = [v for v in self._variables_fn() if v.dtype.is_floating]
-
-      @tf.function
-      def all_finite():
-        return tf.reduce_all(tf.stack(
-            [tf.reduce_all(tf.math.is_finite(v)) for v in floating]))
-      self._all_finite = all_finite
-    return bool(self._all_finite())
+    # Eager: a tf.function would be traced again for every run's variables.
+    tf = _tf()
+    floating = [v for v in self._variables_fn() if v.dtype.is_floating]
+    return bool(tf.reduce_all(tf.stack(
+        [tf.reduce_all(tf.math.is_finite(v)) for v in floating])))
 
   def saved(self, step):
     """Records that the checkpoint of `step` exists (a resumed run)."""

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # TensorFlow's CPU build turns its oneDNN kernels on by default only on CPUs
@@ -95,6 +96,7 @@ flags.DEFINE_integer('num_gpus', 0, 'GPUs for --strategy=mirrored (0: all).')
 flags.DEFINE_integer('cpu_replicas', 0, 'With --strategy=mirrored on a machine without GPUs: split the CPU into this many replicas (for trying distributed runs).')
 flags.DEFINE_integer('steps_per_loop', 0, 'Training steps per tf.function call (0: min(checkpoint interval, 100)).')
 flags.DEFINE_string('precision', 'float32', 'float32, bfloat16 or float16 (mixed precision; losses in float32).')
+flags.DEFINE_string('bfloat16_parts', 'measured', 'With --precision=bfloat16 on a CPU: measured (each part of the backbone, stem and block groups, computes in bfloat16 only where a short probe at the start measures it faster than float32 on this CPU; the others in float32) or all.')
 flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.')
 flags.DEFINE_string('blur_placement', 'auto', 'Where pretraining blurs views: input (the tf.data pipeline, on the host CPU), device (the training step, on the GPU/TPU; frees the host at 224 px) or auto (device on a GPU or TPU, input on a CPU).')
 flags.DEFINE_float('crop_min_area', 0.08, 'Smallest random crop of training images, as a fraction of the image area (the crop of the pretraining views, and of finetuning and distillation); 0.08 as in the paper, 1 keeps whole images (flip only).')
@@ -114,6 +116,7 @@ flags.DEFINE_float('memory_momentum', 0.999, 'Moving-average momentum of the mem
 flags.DEFINE_bool('deterministic', False, 'Fixed seeds and op determinism (slower; for reproducing runs).')
 flags.DEFINE_integer('seed', 0, 'Random seed with --deterministic.')
 flags.DEFINE_string('export_dir', None, 'Where to export after training (default: model_dir); hub/proj_head_k and saved_model/STEP.')
+flags.DEFINE_bool('summary_images', True, 'Write a few augmented training views to TensorBoard at step 0 (costs one extra pass of the input pipeline to its first batch).')
 flags.DEFINE_bool('export', True, 'Export hub modules and a serving SavedModel after training.')
 flags.DEFINE_string('show_augmentations', None, 'Write a PNG grid of images and their two augmented views to this path, then exit.')
 
@@ -175,11 +178,14 @@ def main(argv):
   if config.deterministic:
     tf_keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
+  started = time.perf_counter()
   strategy = distribute.make_strategy(
       config.strategy, num_gpus=config.num_gpus, tpu_name=config.tpu_name,
       tpu_zone=config.tpu_zone, gcp_project=config.gcp_project,
       devices=devices)
+  strategy_seconds = time.perf_counter() - started
   trainer = trainer_lib.Trainer(config, strategy)
+  trainer.phases.add('strategy', strategy_seconds)
   summary = {'train_mode': config.train_mode, 'model_dir': config.model_dir}
   if config.mode in ('train', 'train_then_eval'):
     summary['train'] = trainer.train()
@@ -188,11 +194,16 @@ def main(argv):
         require_checkpoint=config.mode == 'eval')
   if config.mode != 'eval' and FLAGS.export and trainer.is_chief:
     from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
-    summary['export'] = export_lib.export_model(
-        trainer.model, config.export_dir or config.model_dir,
-        image_size=config.image_size, step=int(trainer.global_step.numpy()),
-        train_mode=config.train_mode, class_names=trainer.info.class_names,
-        keep_max=config.keep_hub_module_max)
+    with trainer.phases('export'):
+      summary['export'] = export_lib.export_model(
+          trainer.model, config.export_dir or config.model_dir,
+          image_size=config.image_size,
+          step=int(trainer.global_step.numpy()),
+          train_mode=config.train_mode, class_names=trainer.info.class_names,
+          keep_max=config.keep_hub_module_max)
+  # Where the run's seconds went (benchmark --component=stage reads it).
+  summary['phases'] = trainer.phases.as_dict()
+  summary['first_loop_steps'] = trainer.first_loop_steps
   print(json.dumps(summary, sort_keys=True, default=str))
   return summary
 

@@ -24,6 +24,9 @@ LR_SCALINGS = ('linear', 'sqrt')
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
 STRATEGIES = ('default', 'mirrored', 'multi_worker_mirrored', 'tpu')
 PRECISIONS = ('float32', 'bfloat16', 'float16')
+# --precision=bfloat16 on a CPU: each backbone part in the precision measured
+# faster there (precision.py), or every part in bfloat16.
+BFLOAT16_PARTS = ('measured', 'all')
 # Where pretraining's Gaussian blur runs: in the tf.data input pipeline, in
 # the training step on the accelerator, or auto (the step on a GPU or TPU,
 # the input pipeline on a CPU).
@@ -69,6 +72,8 @@ class Config(architecture_lib.ModelConfig):
   checkpoint_steps: int = 0
   keep_checkpoint_max: int = 5
   keep_hub_module_max: int = 1
+  # TensorBoard images of the first training views (one extra input pass).
+  summary_images: bool = True
   model_dir: Optional[str] = None
   checkpoint: Optional[str] = None
   export_dir: Optional[str] = None
@@ -113,6 +118,7 @@ class Config(architecture_lib.ModelConfig):
   master: Optional[str] = None
   num_gpus: int = 0
   precision: str = 'float32'
+  bfloat16_parts: str = 'measured'
   jit_compile: bool = False
 
   # ---------------------------------------------------------------- checks
@@ -134,6 +140,7 @@ class Config(architecture_lib.ModelConfig):
     enum('optimizer', OPTIMIZERS)
     enum('learning_rate_scaling', LR_SCALINGS)
     enum('proj_head_mode', PROJ_HEAD_MODES)
+    enum('bfloat16_parts', BFLOAT16_PARTS)
     enum('strategy', STRATEGIES)
     enum('precision', PRECISIONS)
     enum('blur_placement', BLUR_PLACEMENTS)

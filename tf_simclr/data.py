@@ -8,6 +8,13 @@ read (sharded per input pipeline) -> keep the label subset (its undecoded
 records cached in memory: the split is scanned once, not every epoch) -> decode
 to uint8 RGB -> [cache] -> [shuffle, repeat] -> augment -> batch -> prefetch.
 
+Kept for the life of the process (`held_in_memory`), so that the next pipeline
+over the same examples starts at once: the undecoded records of a label
+subset, and with `cache` the decoded images of a split whose images share one
+size, up to MEMORY_BYTES in all. Many stages run in one process (the protocol,
+learning-rate sweeps): each would otherwise scan the whole split for a subset
+of 60 images, and decode its evaluation split again.
+
 Label subsets (`label_fraction` < 1): per class the same number of examples,
 round(label_fraction * split size / num classes) (at most the whole class),
 picked with `label_seed`; 'labeled' is that subset, 'unlabeled' the rest. For
@@ -15,6 +22,7 @@ imagenet2012 with fractions 0.01 / 0.1 the paper's lists are used instead
 (TFDS imagenet2012_subset/1pct, /10pct).
 """
 
+import collections
 import dataclasses
 from typing import Optional
 
@@ -35,6 +43,9 @@ SUBSETS = ('all', 'labeled', 'unlabeled')
 # Label subsets up to this many examples keep their undecoded records in
 # memory after the first epoch instead of re-scanning the split.
 MAX_CACHED_SUBSET = 100_000
+# Bytes of records and decoded images held in memory across pipelines.
+MEMORY_BYTES = 1 << 30
+_HELD = collections.OrderedDict()  # key -> (values, labels, decoded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +250,83 @@ def _shuffle_buffer(config: InputConfig) -> int:
   return min(max(10 * config.batch_size, 1_000), 10_000)
 
 
+def _subset_filter(dataset, plan: _Plan):
+  """(key, raw, label) records of `plan`'s subset (all when it has none)."""
+  if plan.subset_keys is None:
+    return dataset
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+          tf.constant(plan.subset_keys.astype(str)),
+          tf.ones(len(plan.subset_keys), tf.int32)), default_value=0)
+  return dataset.filter(
+      lambda key, raw, label: tf.equal(table.lookup(key) == 1,
+                                       plan.keep_subset))
+
+
+def held_in_memory(config: InputConfig, plan: Optional[_Plan] = None):
+  """(values [N, ...], labels int32 [N], decoded) of `config`'s examples in
+  reading order, read once per process and then kept, or None when they are
+  not kept: decoded uint8 images with `cache` when the source's images share
+  one size, else the undecoded records of a label subset of at most
+  MAX_CACHED_SUBSET examples; None too when they would not fit in
+  MEMORY_BYTES."""
+  plan = plan or _plan(config)
+  decoded = config.cache and plan.source.image_size is not None
+  subset = (plan.subset_keys is not None and plan.keep_subset and
+            plan.count <= MAX_CACHED_SUBSET)
+  if not (decoded or subset):
+    return None
+  whole = plan.subset_keys is None and config.subset != 'unlabeled'
+  examples = (config.dataset, config.data_dir, config.skip_bad_images,
+              config.split, 'all' if whole else config.subset,
+              None if whole else (config.label_fraction, config.label_seed))
+  # Decoded images serve a request for records too (the pipeline then skips
+  # decoding).
+  for held_key in ((examples, True),) if decoded else ((examples, True),
+                                                       (examples, False)):
+    if held_key in _HELD:
+      _HELD.move_to_end(held_key)
+      return _HELD[held_key]
+  key = (examples, decoded)
+  dataset, _ = plan.source.read(plan.split, False, None, None)
+  dataset = _subset_filter(dataset, plan).map(
+      lambda key, raw, label: (raw, tf.cast(label, tf.int32)))
+  if decoded:
+    dataset = dataset.map(lambda raw, label: (plan.source.decode(raw), label),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+  values, labels, size = [], [], 0
+  for batch_values, batch_labels in dataset.batch(1024).prefetch(
+      2).as_numpy_iterator():
+    size += (batch_values.nbytes if batch_values.dtype != object else
+             sum(len(value) for value in batch_values.reshape(-1)))
+    if size > MEMORY_BYTES:
+      return None
+    values.append(batch_values)
+    labels.append(batch_labels)
+  if not labels:
+    return None
+  # As tensors: every pipeline then reads them without a copy.
+  with tf.device('/cpu:0'):
+    entry = (tf.constant(np.concatenate(values)),
+             tf.constant(np.concatenate(labels)), decoded)
+  _HELD[key] = entry
+  while sum(_held_bytes(held) for held in _HELD.values()) > MEMORY_BYTES:
+    _HELD.popitem(last=False)
+  return entry
+
+
+def _held_bytes(entry):
+  values, labels, _ = entry
+  if values.dtype == tf.string:
+    return int(tf.reduce_sum(tf.strings.length(values))) + 4 * len(labels)
+  return values.shape.num_elements() * values.dtype.size + 4 * len(labels)
+
+
+def release_memory():
+  """Forgets the examples held_in_memory keeps."""
+  _HELD.clear()
+
+
 def build_dataset(config: InputConfig,
                   input_context: Optional[tf.distribute.InputContext] = None
                   ) -> tf.data.Dataset:
@@ -257,32 +345,28 @@ def build_dataset(config: InputConfig,
   batch_size = (input_context.get_per_replica_batch_size(config.batch_size)
                 if input_context else config.batch_size)
   seed = config.seed if config.deterministic else None
-  dataset, sharded = source.read(plan.split, config.is_training, seed,
-                                 input_context)
-  if plan.subset_keys is not None:
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(plan.subset_keys.astype(str)),
-            tf.ones(len(plan.subset_keys), tf.int32)), default_value=0)
-    dataset = dataset.filter(
-        lambda key, raw, label: tf.equal(table.lookup(key) == 1,
-                                         plan.keep_subset))
-  if num_pipelines > 1 and not sharded:
-    dataset = dataset.shard(num_pipelines, pipeline_id)
-  dataset = dataset.map(lambda key, raw, label: (raw, tf.cast(label, tf.int32)))
-  if (plan.subset_keys is not None and plan.keep_subset and
-      not config.cache and plan.count <= MAX_CACHED_SUBSET):
-    # A label subset is small by construction, but it is found by scanning
-    # the whole split: without this the scan repeats every epoch (a 1 %
-    # subset then trains at a tenth of the step's speed). Its undecoded
-    # records are kept in memory after the first pass.
-    dataset = dataset.cache()
-
   decode = source.decode
-  if config.cache:  # Decoded uint8, before augmentation.
-    dataset = dataset.map(lambda raw, label: (decode(raw), label),
-                          num_parallel_calls=tf.data.AUTOTUNE).cache()
-    decode = lambda image: image  # pylint: disable=unnecessary-lambda-assignment
+  held = held_in_memory(config, plan)
+  if held is not None:
+    # In reading order, as the source streams them (shuffled below).
+    values, labels, decoded = held
+    dataset = tf.data.Dataset.from_tensor_slices((values, labels))
+    if num_pipelines > 1:
+      dataset = dataset.shard(num_pipelines, pipeline_id)
+    if decoded:
+      decode = lambda image: image  # pylint: disable=unnecessary-lambda-assignment
+  else:
+    dataset, sharded = source.read(plan.split, config.is_training, seed,
+                                   input_context)
+    dataset = _subset_filter(dataset, plan)
+    if num_pipelines > 1 and not sharded:
+      dataset = dataset.shard(num_pipelines, pipeline_id)
+    dataset = dataset.map(
+        lambda key, raw, label: (raw, tf.cast(label, tf.int32)))
+    if config.cache:  # Decoded uint8, before augmentation.
+      dataset = dataset.map(lambda raw, label: (decode(raw), label),
+                            num_parallel_calls=tf.data.AUTOTUNE).cache()
+      decode = lambda image: image  # pylint: disable=unnecessary-lambda-assignment
   if config.is_training:
     dataset = dataset.shuffle(_shuffle_buffer(config), seed=seed,
                               reshuffle_each_iteration=True).repeat()

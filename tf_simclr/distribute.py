@@ -77,12 +77,6 @@ def runs_on_accelerator(strategy):
 FAST_BFLOAT16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 
-# The width from which bfloat16 beats float32 on such a CPU: oneDNN's
-# bfloat16 kernels lose on narrow layers (8-64 channels), so the hint is given
-# only at widths where it was faster (docs/performance.md).
-BFLOAT16_FASTER_FROM_WIDTH = 1.0
-
-
 PRECISION_POLICIES = {'float32': 'float32', 'bfloat16': 'mixed_bfloat16',
                       'float16': 'mixed_float16'}
 
@@ -92,19 +86,6 @@ def set_precision_policy(precision):
   float16: the mixed policies compute in half precision, keep float32
   variables)."""
   tf_keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
-
-
-def precision_hint(precision, width_multiplier, strategy):
-  """A line recommending --precision=bfloat16 where it was measured faster
-  (float32 on a CPU with bfloat16 instructions, width >= 1), else None."""
-  if (precision == 'float32' and
-      width_multiplier >= BFLOAT16_FASTER_FROM_WIDTH and
-      not runs_on_accelerator(strategy) and cpu_has_fast_bfloat16()):
-    return ('This CPU has bfloat16 instructions: at this width '
-            '--precision=bfloat16 trained 1.6-1.7x faster on a 2-core AMD Zen 4 '
-            '(docs/performance.md; check yours with python -m '
-            'tf_simclr.benchmark --variant=precision=bfloat16).')
-  return None
 
 
 def cpu_model_name(default, cpuinfo_path='/proc/cpuinfo'):

@@ -22,16 +22,19 @@ from tf_simclr import checkpoints
 from tf_simclr import data
 from tf_simclr import knn
 from tf_simclr import model as model_lib
+from tf_simclr import phases as phases_lib
 
 SUMMARY_KEYS = ('label_top_1_accuracy', 'label_top_5_accuracy', 'knn_top_1')
 
 
 def evaluate_head(model, strategy, eval_input, num_classes, teacher=None,
-                  eval_steps=0):
+                  eval_steps=0, phases=None):
   """{'label_top_1_accuracy', 'label_top_5_accuracy', 'num_examples'} (plus
   'teacher_agreement' with a teacher) of `model`'s supervised head over
-  `eval_input` (data.InputConfig), its first `eval_steps` batches when > 0."""
-  dataset = data.build_distributed_dataset(strategy, eval_input)
+  `eval_input` (data.InputConfig), its first `eval_steps` batches when > 0.
+  phases: a phases.PhaseTimer to record the input, trace and pass in."""
+  with phases_lib.timed(phases, 'eval_input'):
+    dataset = data.build_distributed_dataset(strategy, eval_input)
   top_k = min(5, num_classes)
   with strategy.scope():
     top_1 = tf_keras.metrics.SparseCategoricalAccuracy('top_1')
@@ -60,9 +63,13 @@ def evaluate_head(model, strategy, eval_input, num_classes, teacher=None,
       strategy.run(replica_eval, args=(images, labels))
 
   if eval_steps:
-    eval_loop(iter(dataset), tf.constant(eval_steps))
+    function, args = eval_loop, (iter(dataset), tf.constant(eval_steps))
   else:
-    eval_all(dataset)
+    function, args = eval_all, (dataset,)
+  with phases_lib.timed(phases, 'eval_trace'):
+    function.get_concrete_function(*args)
+  with phases_lib.timed(phases, 'eval_pass'):
+    function(*args)
   result = {
       'label_top_1_accuracy': float(top_1.result()),
       'label_top_5_accuracy': float(top_5.result()),
@@ -143,7 +150,7 @@ def encoder_knn(config, model, strategy, num_classes):
 
 def evaluate_run(config, model, strategy, num_classes, *, global_step,
                  knn_monitor=False, teacher=None, is_chief=True,
-                 checkpoint_path=None, require_checkpoint=False):
+                 checkpoint_path=None, require_checkpoint=False, phases=None):
   """Top-1 / top-5 of the supervised head on --eval_split (with a teacher,
   the agreement; with knn_monitor, the encoder's kNN); writes result.json on
   the chief. Returns the result dict, or None when there is nothing to
@@ -153,6 +160,7 @@ def evaluate_run(config, model, strategy, num_classes, *, global_step,
     checkpoint_path: weights to evaluate (default: model_dir's latest; its
       global step is read into `global_step`).
     require_checkpoint: raise CheckpointError when there is none.
+    phases: a phases.PhaseTimer recording where the seconds go.
   """
   if not (model.has_supervised_head or knn_monitor):
     logging.info('No supervised head: skipping evaluation.')
@@ -163,21 +171,24 @@ def evaluate_run(config, model, strategy, num_classes, *, global_step,
     raise checkpoints.CheckpointError(
         f'no checkpoint to evaluate in {config.model_dir}')
   if checkpoint_path:
-    tf.train.Checkpoint(model=model, global_step=global_step).read(
-        checkpoint_path).expect_partial()
+    with phases_lib.timed(phases, 'eval_restore'):
+      tf.train.Checkpoint(model=model, global_step=global_step).read(
+          checkpoint_path).expect_partial()
   result = {'global_step': int(global_step.numpy()),
             'eval_split': config.eval_split, 'train_mode': config.train_mode}
   if model.has_supervised_head:
     result.update(evaluate_head(model, strategy, eval_input(config),
                                 num_classes, teacher=teacher,
-                                eval_steps=config.eval_steps))
+                                eval_steps=config.eval_steps, phases=phases))
   if knn_monitor:
-    result['knn_top_1'] = encoder_knn(config, model, strategy, num_classes)
+    with phases_lib.timed(phases, 'knn'):
+      result['knn_top_1'] = encoder_knn(config, model, strategy, num_classes)
   logging.info('eval on %s at step %d: %s', config.eval_split,
                result['global_step'], ' '.join(
                    f'{name}={result[name]:.4f}' for name in (
                        'label_top_1_accuracy', 'label_top_5_accuracy',
                        'knn_top_1', 'teacher_agreement') if name in result))
   if is_chief:
-    write_result(config.model_dir, result, config.eval_name)
+    with phases_lib.timed(phases, 'eval_write'):
+      write_result(config.model_dir, result, config.eval_name)
   return result

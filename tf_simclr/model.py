@@ -146,7 +146,8 @@ def build_model(num_classes=0, *, resnet_depth=50, width_multiplier=1.0,
                 proj_out_dim=128, ft_proj_selector=0, batch_norm_decay=0.9,
                 global_bn=False, fine_tune_after_block=-1,
                 supervised_training=False, zero_init_logits_layer=False,
-                cifar_stem=None, build=True, **unused_flags):
+                cifar_stem=None, build=True, part_policies=None,
+                **unused_flags):
   """Builds a SimCLR model from run.py flag names, or from a ModelConfig.
 
   `build_model(model_config, **options)` with an architecture.ModelConfig
@@ -167,6 +168,8 @@ def build_model(num_classes=0, *, resnet_depth=50, width_multiplier=1.0,
     supervised_training: see SimCLRModel (False: pretraining).
     zero_init_logits_layer: start the supervised head at zero.
     build: create the variables now by calling the model on zeros.
+    part_policies: the backbone's per-part dtype policies (resnet.Resnet;
+      precision.part_policies chooses them for a bfloat16 run on a CPU).
     **unused_flags: other run.py flags, accepted and ignored so a whole flag
       dict can be passed.
 
@@ -181,7 +184,8 @@ def build_model(num_classes=0, *, resnet_depth=50, width_multiplier=1.0,
                        fine_tune_after_block=fine_tune_after_block,
                        supervised_training=supervised_training,
                        zero_init_logits_layer=zero_init_logits_layer,
-                       cifar_stem=cifar_stem, build=build)
+                       cifar_stem=cifar_stem, build=build,
+                       part_policies=part_policies)
   if resnet_depth not in resnet.BLOCKS:
     raise ValueError(f'resnet_depth must be one of {tuple(resnet.BLOCKS)}, '
                      f'got {resnet_depth}')
@@ -191,7 +195,7 @@ def build_model(num_classes=0, *, resnet_depth=50, width_multiplier=1.0,
                            cifar_stem=cifar_stem, sk_ratio=sk_ratio,
                            se_ratio=se_ratio,
                            batch_norm_decay=batch_norm_decay,
-                           global_bn=global_bn)
+                           global_bn=global_bn, part_policies=part_policies)
   projection_head = heads.ProjectionHead(
       proj_head_mode, num_proj_layers, proj_out_dim,
       batch_norm_decay=batch_norm_decay, global_bn=global_bn)

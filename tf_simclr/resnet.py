@@ -13,6 +13,8 @@ variables that the reference keeps in those lists (its unused DropBlock,
 identities, padding) stay here as `Identity` placeholders for that reason only.
 """
 
+import contextlib
+
 import tensorflow as tf
 import tf_keras
 
@@ -322,6 +324,21 @@ class BlockGroup(tf_keras.layers.Layer):
     return inputs
 
 
+@contextlib.contextmanager
+def policy_scope(policy):
+  """Layers created inside compute in Keras dtype policy `policy` (a name;
+  None: the global policy as it is)."""
+  if policy is None:
+    yield
+    return
+  previous = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy(policy)
+  try:
+    yield
+  finally:
+    tf_keras.mixed_precision.set_global_policy(previous)
+
+
 class Resnet(tf_keras.layers.Layer):
   """The backbone. `call` returns a dict of named intermediate outputs.
 
@@ -333,6 +350,12 @@ class Resnet(tf_keras.layers.Layer):
     se_ratio: squeeze-excitation ratio; 0 turns it off.
     batch_norm_decay: BN moving-average momentum.
     global_bn: synchronise BN statistics across replicas.
+    part_policies: None, or one Keras dtype policy name (or None: the global
+      policy) per part of PART_NAMES (the stem, then the 4 block groups):
+      the policy that part's layers compute in, e.g. float32 for the narrow
+      parts of a bfloat16 run where this CPU is slower in bfloat16
+      (precision.py). Variables are float32 either way; not part of the
+      architecture.
 
   Example:
     >>> net = Resnet(18, 0.125, cifar_stem=True)
@@ -342,7 +365,7 @@ class Resnet(tf_keras.layers.Layer):
 
   def __init__(self, resnet_depth, width_multiplier, cifar_stem=False,
                sk_ratio=0.0, se_ratio=0.0, batch_norm_decay=0.9,
-               global_bn=False, **kwargs):
+               global_bn=False, part_policies=None, **kwargs):
     super().__init__(**kwargs)
     if resnet_depth not in BLOCKS:
       raise ValueError(f'resnet_depth must be one of {tuple(BLOCKS)}, '
@@ -357,30 +380,41 @@ class Resnet(tf_keras.layers.Layer):
     block_type, counts = BLOCKS[resnet_depth]
     bn = dict(decay=batch_norm_decay, synchronized=global_bn)
     width = 64 * width_multiplier
-
-    if cifar_stem:
-      stem = [Conv2dFixedPadding(width, 3, 1), Identity(), BatchNormRelu(**bn),
-              Identity()]
-    else:
-      if sk_ratio > 0:
-        stem = [Conv2dFixedPadding(width // 2, 3, 2), BatchNormRelu(**bn),
-                Conv2dFixedPadding(width // 2, 3, 1), BatchNormRelu(**bn),
-                Conv2dFixedPadding(width, 3, 1)]
-      else:
-        stem = [Conv2dFixedPadding(width, 7, 2)]
-      stem += [Identity(), BatchNormRelu(**bn),
-               tf_keras.layers.MaxPooling2D(3, 2, padding='same'), Identity()]
-    self.initial_conv_relu_max_pool = stem
+    policies = list(part_policies or [None] * len(PART_NAMES))
+    if len(policies) != len(PART_NAMES):
+      raise ValueError(f'part_policies needs {len(PART_NAMES)} entries '
+                       f'({", ".join(PART_NAMES)}), got {len(policies)}')
+    self.part_policies = tuple(policies)
+    with policy_scope(policies[0]):
+      self.initial_conv_relu_max_pool = self._stem(width, cifar_stem,
+                                                   sk_ratio, bn)
     # Where the reference reads its 'initial_conv' and 'initial_max_pool'.
+    stem = self.initial_conv_relu_max_pool
     self._initial_conv_index = len(stem) - (3 if cifar_stem else 4)
     self._initial_max_pool_index = len(stem) - 1
 
-    self.block_groups = [
-        BlockGroup(int(width * 2**i), block_type, counts[i],
-                   strides=1 if i == 0 else 2, sk_ratio=sk_ratio,
-                   se_ratio=se_ratio, name=f'block_group{i + 1}', **bn)
-        for i in range(4)
-    ]
+    self.block_groups = []
+    for i in range(4):
+      with policy_scope(policies[i + 1]):
+        self.block_groups.append(BlockGroup(
+            int(width * 2**i), block_type, counts[i],
+            strides=1 if i == 0 else 2, sk_ratio=sk_ratio, se_ratio=se_ratio,
+            name=f'block_group{i + 1}', **bn))
+
+  @staticmethod
+  def _stem(width, cifar_stem, sk_ratio, bn):
+    if cifar_stem:
+      return [Conv2dFixedPadding(width, 3, 1), Identity(), BatchNormRelu(**bn),
+              Identity()]
+    if sk_ratio > 0:
+      stem = [Conv2dFixedPadding(width // 2, 3, 2), BatchNormRelu(**bn),
+              Conv2dFixedPadding(width // 2, 3, 1), BatchNormRelu(**bn),
+              Conv2dFixedPadding(width, 3, 1)]
+    else:
+      stem = [Conv2dFixedPadding(width, 7, 2)]
+    return stem + [Identity(), BatchNormRelu(**bn),
+                   tf_keras.layers.MaxPooling2D(3, 2, padding='same'),
+                   Identity()]
 
   def get_config(self):
     return dict(super().get_config(), resnet_depth=self.resnet_depth,

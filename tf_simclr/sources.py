@@ -18,7 +18,7 @@ input pipeline on top.
 import dataclasses
 import gzip
 import os
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Tuple
 
 from absl import logging
 import numpy as np
@@ -60,6 +60,8 @@ class DatasetInfo:
 class Source(Protocol):
   """What the input pipeline needs of a dataset."""
   info: 'DatasetInfo'
+  # (height, width) of every decoded image, or None when they differ.
+  image_size: Optional[Tuple[int, int]]
 
   def check_split(self, split: str) -> None:
     """Raises DataError when the dataset has no such split."""
@@ -126,6 +128,8 @@ def synthetic_arrays(split: str):
 
 class _SyntheticSource:
   """In-memory generated images; key = example index."""
+
+  image_size = (SYNTHETIC_IMAGE_SIZE, SYNTHETIC_IMAGE_SIZE)
 
   def __init__(self):
     self.info = DatasetInfo(
@@ -199,6 +203,7 @@ def find_bad_images(paths) -> list:
 
 class _FolderSource:
   """ROOT/split/class/image files (TFDS ImageFolder layout); key = class/file."""
+  image_size = None  # Files of any size.
 
   def __init__(self, root: Optional[str], skip_bad_images: bool):
     if not root:
@@ -440,6 +445,9 @@ class TfdsSource:
         name=name, num_classes=labels.num_classes,
         class_names=tuple(labels.names),
         split_sizes={s: split.num_examples for s, split in info.splits.items()})
+    shape = info.features[self.image_key].shape
+    self.image_size = (tuple(shape[:2]) if len(shape) == 3 and
+                       None not in shape[:2] else None)
     self._keys_and_labels = {}
 
   def check_split(self, split):

@@ -43,6 +43,8 @@ from tf_simclr import memory as memory_lib
 from tf_simclr import model as model_lib
 from tf_simclr import objectives
 from tf_simclr import optim
+from tf_simclr import phases as phases_lib
+from tf_simclr import precision as precision_lib
 from tf_simclr import preemption
 from tf_simclr import reference
 from tf_simclr import stages
@@ -89,8 +91,12 @@ class Trainer:
     self.architecture = dict(config.architecture(),
                              num_classes=self.num_classes)
     self.teacher = None
+    self.first_loop_steps = 0  # Steps of the first (timed) loop call.
     self._stop = preemption.StopSignals()
-    self._setup_inputs()
+    # Where the run's seconds go (run.py's summary 'phases').
+    self.phases = phases_lib.PhaseTimer()
+    with self.phases('inputs'):
+      self._setup_inputs()
     self.total_steps = optim.total_train_steps(
         config.train_steps, config.train_epochs, self.num_train_examples,
         config.train_batch_size)
@@ -101,8 +107,19 @@ class Trainer:
     self.steps_per_loop = config.steps_per_loop or min(
         self.checkpoint_interval, 100)
     distribute.set_precision_policy(config.precision)
+    with self.phases('precision_probe'):
+      self.part_policies = precision_lib.choose_for_run(
+          config, distribute.runs_on_accelerator(strategy))
+      if self.part_policies and 'mixed_bfloat16' not in self.part_policies:
+        # No part of the backbone gains: the whole model computes in float32.
+        distribute.set_precision_policy('float32')
     with strategy.scope():
-      self._setup_model()
+      with self.phases('model'):
+        self._setup_model()
+      if self.stage.needs_teacher:
+        with self.phases('teacher'):
+          self.teacher = teacher_lib.load_teacher(config.teacher_checkpoint,
+                                                  self.num_classes)
     # Raised by the main thread on SIGTERM/SIGINT; read before every step.
     self.stop_requested = tf.Variable(False, trainable=False,
                                       name='stop_requested')
@@ -128,7 +145,7 @@ class Trainer:
     self.num_train_examples = data.num_examples(self.train_input)
 
   def _setup_model(self):
-    """Model, optimizer, memory, checkpoint, metrics, teacher (in scope)."""
+    """Model, optimizer, memory, checkpoint, metrics (in scope)."""
     config, stage, strategy = self.config, self.stage, self.strategy
     with_head = (stage.supervised_training or
                  config.lineareval_while_pretraining)
@@ -141,7 +158,8 @@ class Trainer:
         fine_tune_after_block=(config.fine_tune_after_block
                                if stage.freezes_blocks else -1),
         supervised_training=stage.supervised_training,
-        zero_init_logits_layer=config.zero_init_logits_layer)
+        zero_init_logits_layer=config.zero_init_logits_layer,
+        part_policies=self.part_policies)
     self.optimizer, self.learning_rate = optim.build_for_run(
         config, self.model, self.num_train_examples, self.total_steps)
     self.global_step = self.optimizer.iterations
@@ -171,9 +189,6 @@ class Trainer:
         -1, dtype=tf.int64, trainable=False,
         synchronization=tf.VariableSynchronization.ON_WRITE,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    if stage.needs_teacher:
-      self.teacher = teacher_lib.load_teacher(config.teacher_checkpoint,
-                                              self.num_classes)
 
   def _checkpoint_dir(self):
     """model_dir on the chief; a throw-away directory on other workers
@@ -339,18 +354,18 @@ class Trainer:
       config_lib.write_architecture(config.model_dir, self.architecture, {
           'train_mode': config.train_mode, 'dataset': config.dataset,
           'class_names': list(self.info.class_names)})
-    how = self.restore()
+    with self.phases('restore'):
+      how = self.restore()
     step = int(self.global_step.numpy())
     skip_steps = step if config.deterministic else 0
     if skip_steps:
       logging.info('Deterministic resume: replaying and skipping the input '
                    'of the %d steps already trained.', skip_steps)
-    datasets = [data.build_distributed_dataset(self.strategy, self.train_input,
-                                               skip_steps)]
-    if self.labeled_input is not None:
-      datasets.append(data.build_distributed_dataset(
-          self.strategy, self.labeled_input, skip_steps))
-    iterators = [iter(dataset) for dataset in datasets]
+    with self.phases('input_pipeline'):
+      inputs = [self.train_input] + ([self.labeled_input]
+                                     if self.labeled_input is not None else [])
+      iterators = [iter(data.build_distributed_dataset(
+          self.strategy, input_config, skip_steps)) for input_config in inputs]
     train_loop = self.make_train_loop()
     writer = (tf.summary.create_file_writer(config.model_dir)
               if self.is_chief else tf.summary.create_noop_writer())
@@ -359,29 +374,39 @@ class Trainer:
                  '%d replicas)', config.train_mode, how, step,
                  self.total_steps, self.num_train_examples,
                  config.train_batch_size, self.strategy.num_replicas_in_sync)
-    hint = distribute.precision_hint(config.precision, config.width_multiplier,
-                                     self.strategy)
+    with self.phases('precision_probe'):
+      hint = precision_lib.hint_for_run(
+          config, distribute.runs_on_accelerator(self.strategy),
+          self.total_steps - step, distribute.cpu_has_fast_bfloat16())
     if hint:
       logging.info(hint)
-    if self.is_chief and step == 0:
-      visualize.write_training_views(
-          writer, self.train_input, self.stage.views,
-          self.config.image_size if self.blur_on_device else None)
+    if self.is_chief and step == 0 and config.summary_images:
+      with self.phases('training_views'):
+        visualize.write_training_views(
+            writer, self.train_input, self.stage.views,
+            self.config.image_size if self.blur_on_device else None)
     results = {}
     started = time.time()
     first_step = step
     # Steps between kNN monitor passes (0: only at evaluation).
     knn_every = config.knn_every_steps if self.stage.knn_monitor else 0
+    loop_calls = 0
     while step < self.total_steps and self._stop.signum is None:
       until_checkpoint = self.checkpoint_interval - step % self.checkpoint_interval
       num_steps = min(self.steps_per_loop, self.total_steps - step,
                       until_checkpoint)
       if knn_every:
         num_steps = min(num_steps, knn_every - step % knn_every)
+      if loop_calls == 0:
+        self.first_loop_steps = num_steps
+        with self.phases('trace_train_loop'):  # Traced once, reused after.
+          train_loop.get_concrete_function(iterators, tf.constant(num_steps))
       loop_started = time.time()
-      preemption.run_until_done(
-          lambda n=num_steps: train_loop(iterators, tf.constant(n)),
-          self._stop, lambda: self.stop_requested.assign(True))
+      with self.phases('first_loop' if loop_calls == 0 else 'train_loops'):
+        preemption.run_until_done(
+            lambda n=num_steps: train_loop(iterators, tf.constant(n)),
+            self._stop, lambda: self.stop_requested.assign(True))
+      loop_calls += 1
       bad_step = int(self.nonfinite_step.numpy())
       if bad_step >= 0:
         raise TrainingError(
@@ -398,22 +423,25 @@ class Trainer:
                                      config.train_batch_size /
                                      max(elapsed, 1e-9))
         self._log_progress(step, results, started, first_step)
-        with writer.as_default(step=step):
+        with self.phases('summaries'), writer.as_default(step=step):
           for name, value in results.items():
             tf.summary.scalar(f'train/{name}', value)
         for metric in self.metrics.values():
           metric.reset_state()
         if knn_every and step // knn_every > previous_step // knn_every:
           knn_started = time.time()
-          results['knn_top_1'] = self.knn_accuracy()
+          with self.phases('knn'):
+            results['knn_top_1'] = self.knn_accuracy()
           logging.info('step %d/%d knn_top_1=%.4f (%.1f s)', step,
                        self.total_steps, results['knn_top_1'],
                        time.time() - knn_started)
           with writer.as_default(step=step):
             tf.summary.scalar('train/knn_top_1', results['knn_top_1'])
       if step % self.checkpoint_interval == 0 or step >= self.total_steps:
-        self.saver.save(step)
-    writer.flush()
+        with self.phases('checkpoint'):
+          self.saver.save(step)
+    with self.phases('summaries'):
+      writer.flush()
     if self._stop.signum is not None:
       name = self._stop.name
       if step > 0:
@@ -448,7 +476,7 @@ class Trainer:
         global_step=self.global_step, knn_monitor=self.stage.knn_monitor,
         teacher=self.teacher, is_chief=self.is_chief,
         checkpoint_path=checkpoint_path,
-        require_checkpoint=require_checkpoint)
+        require_checkpoint=require_checkpoint, phases=self.phases)
 
   def knn_accuracy(self):
     """The encoder's weighted kNN top-1 now (evaluation.encoder_knn)."""

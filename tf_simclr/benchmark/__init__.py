@@ -49,13 +49,15 @@ class UsageError(ValueError):
 
 
 # What a --variant may change (the same model, batch and stage throughout).
-VARIANT_FLAGS = ('steps_per_loop', 'jit_compile', 'precision', 'feed',
+VARIANT_FLAGS = ('steps_per_loop', 'jit_compile', 'precision',
+                 'bfloat16_parts', 'feed',
                  'global_bn', 'optimizer', 'blur_placement', 'memory_size',
                  'memory_momentum')
 TIMED_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
                'image_size', 'proj_head_mode', 'num_proj_layers',
                'proj_out_dim', 'global_bn', 'optimizer', 'train_batch_size',
-               'precision', 'jit_compile', 'steps_per_loop', 'strategy',
+               'precision', 'bfloat16_parts', 'jit_compile', 'steps_per_loop',
+               'strategy',
                'cpu_replicas', 'steps', 'warmup_steps', 'component', 'feed',
                'dataset', 'use_blur', 'blur_placement', 'memory_size')
 

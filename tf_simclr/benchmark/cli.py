@@ -50,6 +50,7 @@ flags.DEFINE_enum('train_mode', 'pretrain', list(stages.STAGES), 'pretrain, fine
 flags.DEFINE_integer('train_batch_size', 64, 'Global batch size (images; pretraining sees two views of each).')
 flags.DEFINE_string('precision', 'float32', 'float32, bfloat16 or float16.')
 flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.')
+flags.DEFINE_enum('bfloat16_parts', 'measured', ['measured', 'all'], 'With --precision=bfloat16 on a CPU (run.py\'s flag): each backbone part in the precision a probe measures faster, or all in bfloat16.')
 flags.DEFINE_integer('steps_per_loop', 10, 'Training steps per tf.function call.')
 flags.DEFINE_string('strategy', 'default', 'default, mirrored or multi_worker_mirrored.')
 flags.DEFINE_integer('cpu_replicas', 0, 'With --strategy=mirrored and no GPU: split the CPU into this many replicas.')
@@ -64,7 +65,8 @@ flags.DEFINE_bool('cache_dataset', False, 'Cache the decoded dataset in memory.'
 # Benchmark flags.
 flags.DEFINE_integer('steps', 50, 'Timed training steps (rounded up to whole loops).')
 flags.DEFINE_integer('warmup_steps', 10, 'Untimed steps after the first (tracing) call.')
-flags.DEFINE_enum('component', 'both', ['train', 'input', 'both'], 'What to time.')
+flags.DEFINE_enum('component', 'both', ['train', 'input', 'both', 'stage'], 'What to time: the training step, the input pipeline, both, or stage: whole short in-process runs of pretrain, finetune and distill at the protocol\'s sizes broken into phases (tf_simclr/benchmark/stage_cost.py; --dataset, --resnet_depth, --width_multiplier, --image_size, --precision, --steps and --stage_repeats apply).')
+flags.DEFINE_integer('stage_repeats', 3, 'With --component=stage: timed finetune and distill runs each, after the first of the process.')
 flags.DEFINE_enum('feed', 'device', ['device', 'dataset'], 'device: one random batch resident on the device, fed to the step directly; dataset: Trainer\'s own loop pulling the same batch from a repeated in-memory tf.data dataset.')
 flags.DEFINE_list('input_datasets', ['synthetic', 'fashion_mnist'], 'Datasets of the input table (unavailable ones are reported as such).')
 flags.DEFINE_list('input_image_sizes', ['32', '224'], 'Image sizes of the input table (--image_size is always included).')
@@ -83,12 +85,33 @@ def parse_value(name, text):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.component == 'stage':
+    sys.exit(run_stage_cost())
   try:
     summary = benchmark.run_benchmark(FLAGS, parse_value)
   except benchmark.UsageError as error:
     raise app.UsageError(str(error)) from None
   sys.stdout.flush()
   print(json.dumps(summary, sort_keys=True), flush=True)
+
+
+def run_stage_cost():
+  """--component=stage: stage_cost.py in a process of its own (it defines
+  run.py's flags); returns its exit status."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  dataset = FLAGS.dataset if FLAGS.dataset in ('synthetic',
+                                               'fashion_mnist') else None
+  if dataset is None:
+    raise app.UsageError('--component=stage runs on --dataset=fashion_mnist '
+                         'or synthetic')
+  command = [sys.executable, '-m', 'tf_simclr.benchmark.stage_cost',
+             f'--dataset={dataset}', f'--resnet_depth={FLAGS.resnet_depth}',
+             f'--width_multiplier={FLAGS.width_multiplier}',
+             f'--image_size={FLAGS.image_size}',
+             f'--precision={FLAGS.precision}', f'--steps={FLAGS.steps}',
+             f'--repeats={FLAGS.stage_repeats}',
+             *([f'--data_dir={FLAGS.data_dir}'] if FLAGS.data_dir else [])]
+  return subprocess.call(command)
 
 
 def run():
