@@ -235,6 +235,12 @@ def make_plan(scale=1, quick=False):
         student_pretrain_epochs=256 / plan.pool_size,
         label_seeds={0.001: (0, 1), 0.01: (0,), 0.1: (0,)},
         logreg_cs=(1.0,), eval_steps=2, knn_bank_size=2_000)
+  return scaled(plan, scale)
+
+
+def scaled(plan, scale):
+  """`plan` with `scale` times its widths and every stage's epochs (--scale:
+  the GPU configuration); the plan itself at scale 1."""
   if scale == 1:
     return plan
   return dataclasses.replace(

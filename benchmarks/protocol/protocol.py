@@ -155,12 +155,13 @@ def _called(value):
 
 
 def _student_run(plan, stages, arm, key, seed, teacher, pretrain_dir, init,
-                 rate, crop_min_area):
+                 rate, crop_min_area, name_prefix=None):
   """(stage name, flags) of a student of `arm` for (key, seed): starting
   from init ('pretrained' reads pretrain_dir, called first when it is a
   function), trained at learning rate `rate` on crops of crop_min_area to 1
-  (its teacher's finetuning crops)."""
-  name = (f'{arm}@{key}_seed{seed}_{init}_lr{rate:g}'
+  (its teacher's finetuning crops). The stage name starts with name_prefix
+  (default: arm)."""
+  name = (f'{name_prefix or arm}@{key}_seed{seed}_{init}_lr{rate:g}'
           f'_area{crop_min_area:g}')
   start = flags_lib.student_init_checkpoint(
       init, _called(pretrain_dir) if init == 'pretrained' else None, teacher)
@@ -171,7 +172,7 @@ def _student_run(plan, stages, arm, key, seed, teacher, pretrain_dir, init,
 
 
 def _choose_student(plan, stages, arm, key, seed, teacher, pretrain_dir,
-                    choices, crop_min_area):
+                    choices, crop_min_area, name_prefix=None):
   """A student's (start, learning rate) at fraction `key` among
   plan.student_candidates: with several, each trained once on label seed
   `seed` and the best on validation kept (its run is then that seed's final
@@ -191,7 +192,8 @@ def _choose_student(plan, stages, arm, key, seed, teacher, pretrain_dir,
   scores, names = {}, {}
   for init, rate in candidates:
     name, flags = _student_run(plan, stages, arm, key, seed, teacher,
-                               pretrain_dir, init, rate, crop_min_area)
+                               pretrain_dir, init, rate, crop_min_area,
+                               name_prefix)
     names[init, rate] = name
     scores[init, rate] = stages.validation_top_1(name, flags)
   chosen = plan_lib.best_of(scores)
@@ -202,24 +204,26 @@ def _choose_student(plan, stages, arm, key, seed, teacher, pretrain_dir,
 
 
 def student_arm(plan, stages, fraction, arm, teachers, pretrain_dir, choices,
-                crop_min_area):
+                crop_min_area, name_prefix=None):
   """Each label seed's teacher (teachers: {seed: model_dir}) distilled on the
-  pool without labels into the student of `arm` ('self_distill' or
-  'distill_small'), on the teacher's crops; its start and learning rate
-  chosen at this fraction's first seed (the teachers differ too much across
-  fractions for one choice to carry over). Returns [(test top-1, agreement
-  with the teacher)] per label seed."""
+  pool without labels into the student of `arm` ('self_distill': the
+  teacher's network, plan.width; 'distill_small': plan.student_width), on
+  the teacher's crops; its start and learning rate chosen at this fraction's
+  first seed (the teachers differ too much across fractions for one choice
+  to carry over). Stage names start with name_prefix (default: arm).
+  Returns [(test top-1, agreement with the teacher)] per label seed."""
   key = plan_lib.fraction_key(fraction)
   seeds = plan.label_seeds[fraction]
   recipe = _choose_student(plan, stages, arm, key, seeds[0],
                            teachers[seeds[0]], pretrain_dir, choices,
-                           crop_min_area)
+                           crop_min_area, name_prefix)
   chosen_on = choices[f'{arm}_student@{key}'].get('run')
   per_seed = []
   for seed in seeds:
     name, flags = _student_run(plan, stages, arm, key, seed, teachers[seed],
                                pretrain_dir, *recipe,
-                               crop_min_area=crop_min_area)
+                               crop_min_area=crop_min_area,
+                               name_prefix=name_prefix)
     result = (stages.test(name, flags) if name == chosen_on else
               stages.train_and_test(name, flags))
     per_seed.append((result['label_top_1_accuracy'],
