@@ -135,12 +135,13 @@ PRETRAIN_KNN_EVAL_S = 20.0
 # The time of a training image at a width over its time at the protocol's
 # width (1/8), keyed by width / (1/8 * scale). Measured (benchmarks/README.md):
 # a 1/4-width pretraining epoch costs 2.5x, a 1/4-width few-label step
-# 2.0-2.4x (2.2 taken). Width 1/16 is not measured yet: this placeholder
-# stands for it until a measurement replaces it.
-WIDTH_1_16_COST_NOT_MEASURED = 0.8
+# 2.0-2.4x (2.2 taken). Width 1/16 costs about as much as 1/8 (the narrow
+# step is overhead-bound): 260 against 267 ms per pretraining step at batch
+# 256, python -m tf_simclr.benchmark on a 2-core AMD EPYC (docs/performance.md).
+WIDTH_1_16_COST = 0.97
 WIDTH_COSTS = {
-    'pretrain': {0.5: WIDTH_1_16_COST_NOT_MEASURED, 1.0: 1.0, 2.0: 2.5},
-    'few_label': {0.5: WIDTH_1_16_COST_NOT_MEASURED, 1.0: 1.0, 2.0: 2.2},
+    'pretrain': {0.5: WIDTH_1_16_COST, 1.0: 1.0, 2.0: 2.5},
+    'few_label': {0.5: WIDTH_1_16_COST, 1.0: 1.0, 2.0: 2.2},
 }
 # A distillation image costs the teacher's forward pass and the student's
 # training step; a forward pass is taken as a third of a training step (so

@@ -119,7 +119,7 @@ def run_stages(args, run_in_process):
                                                      work_dir)])
     seconds = time.perf_counter() - started
     runs.append({'stage': stage, 'repeat': repeat, 'seconds': seconds,
-                 'phases': summary['phases']})
+                 'phases': summary.get('phases', {})})
     print(f'{stage} #{repeat}: {seconds:.2f} s', file=sys.stderr, flush=True)
 
   try:
@@ -143,7 +143,7 @@ def table(runs):
   for run in runs:
     phases += [name for name in run['phases'] if name not in phases]
   heads = [f'{run["stage"]} #{run["repeat"]}' for run in runs]
-  width = max(len(name) for name in phases + ['total (wall)'])
+  width = max(len(name) for name in phases + ["total (wall)"])
   lines = [' ' * width + ''.join(f'{head:>14}' for head in heads)]
   for name in phases:
     lines.append(f'{name:<{width}}' + ''.join(
