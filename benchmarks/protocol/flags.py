@@ -7,10 +7,12 @@ from benchmarks.protocol import plan as plan_lib
 
 def common_flags(plan, width):
   """What every stage shares: the data, the splits, a ResNet of plan.depth at
-  `width`, whole-split evaluation after training, no export."""
+  `width` with plan.num_proj_layers projection-head layers, whole-split
+  evaluation after training, no export."""
   return [f'--dataset={plan.dataset}', f'--image_size={plan.image_size}',
           *([f'--data_dir={plan.data_dir}'] if plan.data_dir else []),
           f'--resnet_depth={plan.depth}', f'--width_multiplier={width}',
+          f'--num_proj_layers={plan.num_proj_layers}',
           f'--train_split={plan.train_split}',
           f'--eval_split={plan.validation_split}', '--eval_batch_size=1000',
           f'--eval_steps={plan.eval_steps}', '--mode=train_then_eval',
@@ -66,9 +68,10 @@ def few_label_flags(plan, fraction, seed, model_dir, learning_rate,
                     checkpoint, crop_min_area):
   """Training on the labeled subset: everything trained, SGD + momentum,
   weight decay 5e-4, cosine, crops of crop_min_area to 1 of the image.
-  checkpoint: a pretraining (finetuning from projection-head layer 1 with a
-  zero-initialised head: SimCLRv2) or 'scratch' (the supervised baseline: a
-  plain ResNet and a linear head)."""
+  checkpoint: a pretraining (finetuning from projection-head layer
+  plan.ft_proj_selector, 1 by default, with a zero-initialised head:
+  SimCLRv2) or 'scratch' (the supervised baseline: a plain ResNet and a
+  linear head)."""
   from_scratch = checkpoint == 'scratch'
   steps = plan.steps()[f'few_label@{plan_lib.fraction_key(fraction)}']
   epochs = plan.few_label_epochs[fraction]
@@ -78,7 +81,7 @@ def few_label_flags(plan, fraction, seed, model_dir, learning_rate,
       f'--label_fraction={plan_lib.pool_label_fraction(plan, fraction)!r}',
       f'--label_seed={seed}',
       f'--train_batch_size={plan.few_label_batch[fraction]}',
-      f'--ft_proj_selector={0 if from_scratch else 1}',
+      f'--ft_proj_selector={0 if from_scratch else plan.ft_proj_selector}',
       '--fine_tune_after_block=-1', '--optimizer=momentum',
       f'--learning_rate={learning_rate}', '--learning_rate_scaling=linear',
       '--weight_decay=5e-4', f'--crop_min_area={crop_min_area}',
@@ -100,8 +103,9 @@ def distill_flags(plan, model_dir, teacher, learning_rate, fraction,
   default): the teacher's architecture, or with small the half-width
   student.
   init_checkpoint: a pretraining of the student's width or the teacher (the
-  student then reads projection-head layer 1, like its teacher, through a new
-  zero-initialised head) or None (a plain ResNet from scratch)."""
+  student then reads projection-head layer plan.ft_proj_selector, like its
+  teacher, through a new zero-initialised head) or None (a plain ResNet from
+  scratch)."""
   width = plan.student_width if small else plan.width
   key = plan_lib.fraction_key(fraction)
   steps = plan.steps()[f'distill_small@{key}' if small else 'distill']
@@ -114,7 +118,8 @@ def distill_flags(plan, model_dir, teacher, learning_rate, fraction,
       '--warmup_epochs=0.05'] + (
           [] if crop_min_area is None else [f'--crop_min_area={crop_min_area}'])
   if init_checkpoint:
-    return flags + [f'--checkpoint={init_checkpoint}', '--ft_proj_selector=1',
+    return flags + [f'--checkpoint={init_checkpoint}',
+                    f'--ft_proj_selector={plan.ft_proj_selector}',
                     '--zero_init_logits_layer']
   return flags + ['--ft_proj_selector=0']
 

@@ -80,6 +80,13 @@ class Plan:
   # of 0.08 / 0.25 / 0.5 (evidence:
   # benchmarks/results/pretrain_ablation_crop.json).
   pretrain_crop_min_area: float = 0.25
+  # The projection head every stage builds (run.py --num_proj_layers, so that
+  # a pretraining's head restores), and the layer finetuning reads
+  # (--ft_proj_selector: 0 the backbone's output, k after head layer k):
+  # SimCLRv2's 3-layer head read from its layer 1, fixed (compared with
+  # SimCLR's 2-layer head read from the backbone: benchmarks/v2_ablation.py).
+  num_proj_layers: int = 3
+  ft_proj_selector: int = 1
   # The linear probe: the reference's linear evaluation.
   linear_epochs: float = 3.0
   linear_batch: int = 512

@@ -79,6 +79,9 @@ class Stages:
         result = json.load(f)
       record = {'seconds': seconds, 'result': result,
                 'train': summary.get('train') or {}}
+      if summary.get('phases'):  # Where the seconds went (seconds_per_step).
+        record.update(phases=summary['phases'],
+                      first_loop_steps=summary.get('first_loop_steps'))
       with open(record_path, 'w') as f:
         json.dump(record, f, indent=1, sort_keys=True)
     self.records[name] = record
@@ -116,6 +119,20 @@ class Stages:
         entry['train_images_per_sec'] = round(train['images_per_sec'], 1)
       out[name] = entry
     return out
+
+
+def seconds_per_step(record):
+  """A stage record's steady training seconds per step: its training loops
+  after the first (which also warms up) over their steps; None when the
+  record lacks its phases (a stage recorded before they were kept)."""
+  phases = record.get('phases') or {}
+  steps = (record.get('train') or {}).get('global_step')
+  first = record.get('first_loop_steps')
+  if not phases.get('train_loops') or not steps or first is None:
+    return None
+  if steps <= first:
+    return None
+  return phases['train_loops'] / (steps - first)
 
 
 def computed_once(stages, path, stage_name, compute):
