@@ -204,6 +204,7 @@ def main(argv):
   # Where the run's seconds went (benchmark --component=stage reads it).
   summary['phases'] = trainer.phases.as_dict()
   summary['first_loop_steps'] = trainer.first_loop_steps
+  summary['reused_trace'] = trainer.reused_trace
   print(json.dumps(summary, sort_keys=True, default=str))
   return summary
 
@@ -241,10 +242,15 @@ def run_in_process(argv):
   """main() on a fresh parse of argv ([program, *flags]) in this process, as
   the main job and the semi-supervised protocol run their stages (each stage
   then costs its tracing, not a TensorFlow start-up and a scan of the
-  dataset's keys); returns main's summary. Errors propagate as exceptions;
-  the Keras session is cleared afterwards."""
+  dataset's keys, and a finetune whose only differences from an earlier
+  one are its rates, labels, lengths or directories takes over its model,
+  optimizer and traced step: trainer.reuse_traced_runs); returns main's
+  summary. Errors propagate as exceptions; the Keras session is cleared
+  afterwards."""
   import gc  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
+  from tf_simclr import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  trainer_lib.reuse_traced_runs(True)
   FLAGS.unparse_flags()
   FLAGS(argv)
   logging.set_verbosity(logging.INFO)  # Reset by unparse_flags.

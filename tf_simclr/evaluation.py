@@ -13,6 +13,7 @@
 
 import json
 import os
+import weakref
 
 from absl import logging
 import tensorflow as tf
@@ -35,6 +36,42 @@ def evaluate_head(model, strategy, eval_input, num_classes, teacher=None,
   phases: a phases.PhaseTimer to record the input, trace and pass in."""
   with phases_lib.timed(phases, 'eval_input'):
     dataset = data.build_distributed_dataset(strategy, eval_input)
+  # Without a teacher, the metrics and traced loops are kept while the model
+  # lives: a model evaluated again, e.g. by a later run that took it over, is
+  # not traced again.
+  key = (id(strategy), num_classes)
+  kept = _KEPT.setdefault(model, {}) if teacher is None else {}
+  if key not in kept:
+    kept[key] = _eval_functions(model, strategy, num_classes, teacher)
+  metrics, eval_loop, eval_all = kept[key]
+  top_1, top_5, agreement, count = metrics
+  for metric in metrics:
+    metric.reset_state()
+  if eval_steps:
+    function, args = eval_loop, (iter(dataset), tf.constant(eval_steps))
+  else:
+    function, args = eval_all, (dataset,)
+  with phases_lib.timed(phases, 'eval_trace'):
+    function.get_concrete_function(*args)
+  with phases_lib.timed(phases, 'eval_pass'):
+    function(*args)
+  result = {
+      'label_top_1_accuracy': float(top_1.result()),
+      'label_top_5_accuracy': float(top_5.result()),
+      'num_examples': int(count.result()),
+  }
+  if teacher is not None:
+    result['teacher_agreement'] = float(agreement.result())
+  return result
+
+
+# model -> {key: (metrics, eval_loop, eval_all)}; the functions hold the
+# model weakly, so an entry goes when its model does.
+_KEPT = weakref.WeakKeyDictionary()
+
+
+def _eval_functions(model, strategy, num_classes, teacher):
+  """(metrics, eval_loop, eval_all) of evaluate_head for `model`."""
   top_k = min(5, num_classes)
   with strategy.scope():
     top_1 = tf_keras.metrics.SparseCategoricalAccuracy('top_1')
@@ -42,8 +79,10 @@ def evaluate_head(model, strategy, eval_input, num_classes, teacher=None,
     agreement = tf_keras.metrics.Mean('teacher_agreement')
     count = tf_keras.metrics.Sum('count')
 
+  model_ref = weakref.ref(model)
+
   def replica_eval(images, labels):
-    logits = model(images, training=False)[model_lib.LOGITS_SUP]
+    logits = model_ref()(images, training=False)[model_lib.LOGITS_SUP]
     top_1.update_state(labels, logits)
     top_5.update_state(labels, logits)
     count.update_state(tf.cast(tf.shape(labels)[0], tf.float32))
@@ -62,22 +101,7 @@ def evaluate_head(model, strategy, eval_input, num_classes, teacher=None,
     for images, labels in dataset:
       strategy.run(replica_eval, args=(images, labels))
 
-  if eval_steps:
-    function, args = eval_loop, (iter(dataset), tf.constant(eval_steps))
-  else:
-    function, args = eval_all, (dataset,)
-  with phases_lib.timed(phases, 'eval_trace'):
-    function.get_concrete_function(*args)
-  with phases_lib.timed(phases, 'eval_pass'):
-    function(*args)
-  result = {
-      'label_top_1_accuracy': float(top_1.result()),
-      'label_top_5_accuracy': float(top_5.result()),
-      'num_examples': int(count.result()),
-  }
-  if teacher is not None:
-    result['teacher_agreement'] = float(agreement.result())
-  return result
+  return (top_1, top_5, agreement, count), eval_loop, eval_all
 
 
 def knn_top_1(model, strategy, bank_input, query_input, num_classes,

@@ -45,6 +45,9 @@ class WarmUpAndCosineDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
   """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine to 0 at
   `total_steps`.
 
+  The three values are variables read by the traced training step, so a
+  traced step serves another run with other values (`assign`).
+
   Args:
     peak: the scaled learning rate reached at the end of warm-up.
     warmup_steps: steps of linear warm-up (0: none).
@@ -53,22 +56,42 @@ class WarmUpAndCosineDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
 
   def __init__(self, peak, warmup_steps, total_steps):
     super().__init__()
+    self._values = [tf.Variable(0.0, trainable=False, dtype=tf.float32,
+                                name=name)
+                    for name in ('peak', 'warmup_steps', 'total_steps')]
+    self.assign(peak, warmup_steps, total_steps)
+
+  def assign(self, peak, warmup_steps, total_steps):
+    """Sets the schedule's peak, warm-up and length."""
     self.peak = float(peak)
     self.warmup_steps = int(warmup_steps)
     self.total_steps = int(total_steps)
+    for variable, value in zip(self._values, (self.peak, self.warmup_steps,
+                                              self.total_steps)):
+      variable.assign(value)
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
-    warmup = float(self.warmup_steps)
-    decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
-    warm = self.peak * step / warmup if self.warmup_steps else self.peak
+    peak, warmup, total = self._values
+    decay_steps = tf.maximum(total - warmup, 1.0)
+    warm = tf.where(warmup > 0, peak * step / tf.maximum(warmup, 1.0), peak)
     progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
-    cosine = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    cosine = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
     return tf.where(step < warmup, warm, cosine)
 
   def get_config(self):
     return {'peak': self.peak, 'warmup_steps': self.warmup_steps,
             'total_steps': self.total_steps}
+
+
+def schedule_values(config, num_examples, total_steps):
+  """(peak, warm-up steps, total steps) of a run's schedule: the peak rate
+  scaled to the global batch, warm-up in whole steps."""
+  peak = scaled_learning_rate(config.learning_rate, config.train_batch_size,
+                              config.learning_rate_scaling)
+  warmup = steps_from_epochs(config.warmup_epochs, num_examples,
+                             config.train_batch_size)
+  return peak, warmup, total_steps
 
 
 # ------------------------------------------------------------ exclusions
@@ -159,11 +182,8 @@ def build_for_run(config, model, num_examples, total_steps):
   to the global batch, warm-up then cosine to total_steps, the config's
   optimizer, wrapped for loss scaling with float16. Returns (optimizer,
   schedule)."""
-  peak = scaled_learning_rate(config.learning_rate, config.train_batch_size,
-                              config.learning_rate_scaling)
-  warmup = steps_from_epochs(config.warmup_epochs, num_examples,
-                             config.train_batch_size)
-  schedule = WarmUpAndCosineDecay(peak, warmup, total_steps)
+  schedule = WarmUpAndCosineDecay(*schedule_values(config, num_examples,
+                                                   total_steps))
   optimizer = build_optimizer(config.optimizer, schedule, model,
                               momentum=config.momentum,
                               weight_decay=config.weight_decay)

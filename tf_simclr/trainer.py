@@ -23,7 +23,9 @@ Reliability (tests/test_faults.py shows each):
 - One training process per model_dir (lock.py).
 """
 
+import collections
 import contextlib
+import dataclasses
 import random
 import tempfile
 import time
@@ -73,6 +75,51 @@ def restore_for_training(checkpoint, model, model_dir, initial=None):
   return 'scratch', None
 
 
+# ---------------------------------------------------------------- warm runs
+# A run that differs from an earlier finetune of this process only in these
+# Config fields takes over its model, optimizer and traced training step
+# (their weights, slots and schedule reset to the new run's), instead of
+# building and tracing them again: learning-rate, label-seed and
+# label-fraction sweeps then cost their training, not their tracing. What the
+# traced step reads of them is in variables (the schedule) or outside it (the
+# data, the checkpoints); every other field keys the reuse.
+RUNTIME_FIELDS = frozenset({
+    'model_dir', 'checkpoint', 'export_dir', 'eval_name', 'eval_split',
+    'eval_steps', 'eval_batch_size', 'train_split', 'label_fraction',
+    'label_seed', 'learning_rate', 'learning_rate_scaling', 'warmup_epochs',
+    'train_epochs', 'train_steps', 'checkpoint_epochs', 'checkpoint_steps',
+    'keep_checkpoint_max', 'keep_hub_module_max', 'steps_per_loop',
+    'crop_min_area', 'color_jitter_strength', 'color_jitter_version',
+    'cache_dataset', 'data_dir', 'skip_bad_images', 'knn_every_steps',
+    'knn_bank_size', 'mode', 'summary_images'})
+MAX_WARM_RUNS = 8
+_WARM = collections.OrderedDict()  # key -> the Trainer that traced it
+_REUSE = {'enabled': False}
+
+
+def reuse_traced_runs(enabled=True):
+  """Lets later finetunes of this process take over an earlier one's model,
+  optimizer and traced step (RUNTIME_FIELDS); off forgets them. The runs
+  must be sequential, and a run's model object is not kept by its caller
+  (the next run overwrites its weights): run.py's run_in_process uses it."""
+  _REUSE['enabled'] = enabled
+  if not enabled:
+    _WARM.clear()
+
+
+def _warm_key(config, stage, strategy, num_classes, part_policies):
+  """The reuse key of a run, or None when it may not reuse."""
+  if not (_REUSE['enabled'] and stage.name == 'finetune' and
+          config.strategy == 'default' and config.precision != 'float16' and
+          not config.jit_compile and not config.memory_size):
+    return None
+  fields = tuple((field.name, getattr(config, field.name))
+                 for field in dataclasses.fields(config)
+                 if field.name not in RUNTIME_FIELDS)
+  return (fields, num_classes, id(strategy), tuple(part_policies or ()),
+          tf_keras.mixed_precision.global_policy().name)
+
+
 class Trainer:
   """One stage of SimCLRv2 on one model_dir.
 
@@ -113,16 +160,30 @@ class Trainer:
       if self.part_policies and 'mixed_bfloat16' not in self.part_policies:
         # No part of the backbone gains: the whole model computes in float32.
         distribute.set_precision_policy('float32')
+    self._train_loop = None
+    key = _warm_key(config, self.stage, strategy, self.num_classes,
+                    self.part_policies)
+    warm = _WARM.get(key) if key is not None else None
     with strategy.scope():
       with self.phases('model'):
-        self._setup_model()
+        if warm is not None:
+          self._take_over(warm)
+        else:
+          self._setup_model()
       if self.stage.needs_teacher:
         with self.phases('teacher'):
           self.teacher = teacher_lib.load_teacher(config.teacher_checkpoint,
                                                   self.num_classes)
-    # Raised by the main thread on SIGTERM/SIGINT; read before every step.
-    self.stop_requested = tf.Variable(False, trainable=False,
-                                      name='stop_requested')
+    if warm is None:
+      # Raised by the main thread on SIGTERM/SIGINT; read before every step.
+      self.stop_requested = tf.Variable(False, trainable=False,
+                                        name='stop_requested')
+    if key is not None:
+      _WARM[key] = self
+      _WARM.move_to_end(key)
+      while len(_WARM) > MAX_WARM_RUNS:
+        _WARM.popitem(last=False)
+    self.reused_trace = warm is not None
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, directory=self._checkpoint_dir(),
         max_to_keep=config.keep_checkpoint_max, step_counter=self.global_step)
@@ -144,12 +205,11 @@ class Trainer:
         config, stage, blur_in_pipeline=not self.blur_on_device)
     self.num_train_examples = data.num_examples(self.train_input)
 
-  def _setup_model(self):
-    """Model, optimizer, memory, checkpoint, metrics (in scope)."""
+  def _build_model(self):
     config, stage, strategy = self.config, self.stage, self.strategy
     with_head = (stage.supervised_training or
                  config.lineareval_while_pretraining)
-    self.model = model_lib.build_model(
+    return model_lib.build_model(
         self.num_classes if with_head else 0,
         # Synchronised BN changes nothing on one replica but rules out the
         # fused kernel; the variables are the same either way.
@@ -160,6 +220,31 @@ class Trainer:
         supervised_training=stage.supervised_training,
         zero_init_logits_layer=config.zero_init_logits_layer,
         part_policies=self.part_policies)
+
+  def _take_over(self, warm):
+    """Takes over `warm`'s (an earlier Trainer's of the same key) model,
+    optimizer, metrics and traced step, reset as _setup_model would build
+    them: the weights of a newly built model, zero optimizer slots and
+    iterations, this run's schedule, empty metrics."""
+    for name in ('model', 'optimizer', 'learning_rate', 'global_step',
+                 'memory', 'checkpoint', 'objective', 'objective_options',
+                 'metrics', 'nonfinite_step', 'stop_requested', '_train_loop'):
+      setattr(self, name, getattr(warm, name))
+    self.model.set_weights(self._build_model().get_weights())
+    for variable in optim.optimizer_variables(self.optimizer):
+      variable.assign(tf.zeros_like(variable))
+    self.learning_rate.assign(*optim.schedule_values(
+        self.config, self.num_train_examples, self.total_steps))
+    for metric in self.metrics.values():
+      metric.reset_state()
+    self.nonfinite_step.assign(-1)
+
+  def _setup_model(self):
+    """Model, optimizer, memory, checkpoint, metrics (in scope)."""
+    config, stage, strategy = self.config, self.stage, self.strategy
+    with_head = (stage.supervised_training or
+                 config.lineareval_while_pretraining)
+    self.model = self._build_model()
     self.optimizer, self.learning_rate = optim.build_for_run(
         config, self.model, self.num_train_examples, self.total_steps)
     self.global_step = self.optimizer.iterations
@@ -366,7 +451,9 @@ class Trainer:
                                      if self.labeled_input is not None else [])
       iterators = [iter(data.build_distributed_dataset(
           self.strategy, input_config, skip_steps)) for input_config in inputs]
-    train_loop = self.make_train_loop()
+    if self._train_loop is None:
+      self._train_loop = self.make_train_loop()
+    train_loop = self._train_loop
     writer = (tf.summary.create_file_writer(config.model_dir)
               if self.is_chief else tf.summary.create_noop_writer())
 
