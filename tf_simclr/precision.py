@@ -53,14 +53,11 @@ def _part_layers(kind, filters, cifar_stem, sk_ratio, se_ratio):
   return [block(filters, 1, sk_ratio=sk_ratio, se_ratio=se_ratio)]
 
 
-def time_part(shape, policy, cifar_stem=True, sk_ratio=0.0, se_ratio=0.0,
-              batch=PROBE_BATCH, repeats=PROBE_REPEATS):
-  """Seconds of one forward + backward pass of a part (`shape` from
-  part_shapes) computing in Keras policy `policy`: the fastest of
-  `repeats` calls after a first (tracing) one. Memoised per process."""
-  key = (shape[1:], cifar_stem, sk_ratio, se_ratio, batch, policy)
-  if key in _MEASURED:
-    return _MEASURED[key]
+def part_step(shape, policy, cifar_stem=True, sk_ratio=0.0, se_ratio=0.0,
+              batch=PROBE_BATCH):
+  """(step, images): a tf.function running one forward + backward pass of a
+  part (`shape` from part_shapes: one block at the part's shape, built fresh)
+  computing in Keras policy `policy`, and a random batch to call it on."""
   _, kind, filters, size, channels = shape
   with resnet.policy_scope(policy):
     layers = _part_layers(kind, filters, cifar_stem, sk_ratio, se_ratio)
@@ -81,6 +78,19 @@ def time_part(shape, policy, cifar_stem=True, sk_ratio=0.0, se_ratio=0.0,
       loss = tf.reduce_sum(tf.cast(forward(x), tf.float32))
     return tape.gradient(loss, [x] + variables)
 
+  return step, images
+
+
+def time_part(shape, policy, cifar_stem=True, sk_ratio=0.0, se_ratio=0.0,
+              batch=PROBE_BATCH, repeats=PROBE_REPEATS):
+  """Seconds of one forward + backward pass of a part (part_step): the
+  fastest of `repeats` calls after a first (tracing) one. Memoised per
+  process."""
+  key = (shape[1:], cifar_stem, sk_ratio, se_ratio, batch, policy)
+  if key in _MEASURED:
+    return _MEASURED[key]
+  step, images = part_step(shape, policy, cifar_stem, sk_ratio, se_ratio,
+                           batch)
   step(images)
   best = math.inf
   for _ in range(repeats):
