@@ -11,7 +11,9 @@ and meaning, plus this project's (strategy, distillation, data, precision).
 
 Exit status: 0 done; 2 bad flags or input (one line on stderr saying which;
 flags, paths and the architecture saved in --model_dir or next to
---checkpoint are checked before TensorFlow loads); 1 training failed (NaN/Inf,
+--checkpoint are checked before TensorFlow loads, the devices, the replica
+count and the dataset's splits and classes before anything is built or
+written); 1 training failed (NaN/Inf,
 or a checkpoint could not be written; earlier checkpoints are kept); 143 / 130
 when stopped by SIGTERM / SIGINT after writing a checkpoint of the current
 step (the same command resumes there).
@@ -133,7 +135,7 @@ def _config_module():
   return config_lib
 
 
-def config_from_flags():
+def config_from_flags(need_model_dir=True):
   """The validated Config for the parsed flags."""
   config_lib = _config_module()
   values = {field.name: FLAGS[field.name].value
@@ -141,25 +143,53 @@ def config_from_flags():
             if field.name in FLAGS}
   if FLAGS.master and not FLAGS.tpu_name:
     values['tpu_name'] = FLAGS.master
-  return config_lib.Config(**values).validate()
+  return config_lib.Config(**values).validate(need_model_dir=need_model_dir)
+
+
+def check_flags(argv):
+  """Every check made before TensorFlow loads (a mistake is reported in
+  about a second, and nothing is written): the flags and their
+  combinations, the replica count the flags give, the paths, the
+  architecture saved in --model_dir and next to --checkpoint. Returns the
+  Config; raises config.ConfigError."""
+  config_lib = _config_module()
+  if len(argv) > 1:
+    raise config_lib.ConfigError(
+        f'unexpected arguments: {" ".join(argv[1:])} (flags are written '
+        '--name=value)')
+  if FLAGS.train_summary_steps < 0:
+    raise config_lib.ConfigError('--train_summary_steps must be >= 0, got '
+                                 f'{FLAGS.train_summary_steps}')
+  from tf_simclr import preflight  # pylint: disable=g-import-not-at-top
+  config = config_from_flags(need_model_dir=not FLAGS.show_augmentations)
+  if FLAGS.show_augmentations:
+    preflight.check_output_location('show_augmentations',
+                                    FLAGS.show_augmentations, kind='file')
+    preflight.check_data_dir(config)
+    return config
+  replicas = config.replicas_from_flags()
+  if replicas:
+    config.check_replicas(*replicas)
+  preflight.check_paths(config)
+  if FLAGS.export and config.mode != 'eval' and config.export_dir:
+    preflight.check_output_location('export_dir', config.export_dir)
+  if config.mode != 'eval':
+    from tf_simclr import lock  # pylint: disable=g-import-not-at-top
+    # Another run trains into it? Only through a lock file: where there is
+    # none, the check creates none (a refused run adds nothing).
+    if os.path.exists(os.path.join(config.model_dir, lock.LOCK_NAME)):
+      lock.check_free(config.model_dir)
+  return config
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS.show_augmentations:
-    # Flags, paths and saved architectures are checked before TensorFlow
-    # loads: a mistake is reported in about a second.
-    config = config_from_flags()
-    from tf_simclr import preflight  # pylint: disable=g-import-not-at-top
-    preflight.check_paths(config)
-    if config.mode != 'eval':
-      from tf_simclr import lock  # pylint: disable=g-import-not-at-top
-      lock.check_free(config.model_dir)  # Another run trains into it?
+  config = check_flags(argv)
   # Imported here so `--help` and flag errors answer without loading TF.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   from tf_simclr import distribute  # pylint: disable=g-import-not-at-top
+  from tf_simclr import errors  # pylint: disable=g-import-not-at-top
+  from tf_simclr import preflight  # pylint: disable=g-import-not-at-top
   from tf_simclr import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
   if FLAGS.show_augmentations:
@@ -172,18 +202,34 @@ def main(argv):
         crop_min_area=FLAGS.crop_min_area)
     print(f'wrote {FLAGS.show_augmentations}')
     return
+  # Checked before anything is built or written, now that TensorFlow can
+  # tell: the devices, the strategy's replicas, the dataset.
+  preflight.check_devices(config)
   devices = None
-  if config.strategy == 'mirrored' and FLAGS.cpu_replicas:
-    devices = distribute.split_cpu_into_logical_devices(FLAGS.cpu_replicas)
+  if config.strategy == 'mirrored' and config.cpu_replicas:
+    try:
+      devices = distribute.split_cpu_into_logical_devices(config.cpu_replicas)
+    except RuntimeError as error:  # TensorFlow already set up its devices.
+      raise _config_module().ConfigError(
+          f'--cpu_replicas={config.cpu_replicas}: '
+          f'{errors.first_line(error)}') from None
   if config.deterministic:
     tf_keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
   started = time.perf_counter()
-  strategy = distribute.make_strategy(
-      config.strategy, num_gpus=config.num_gpus, tpu_name=config.tpu_name,
-      tpu_zone=config.tpu_zone, gcp_project=config.gcp_project,
-      devices=devices)
+  try:
+    strategy = distribute.make_strategy(
+        config.strategy, num_gpus=config.num_gpus, tpu_name=config.tpu_name,
+        tpu_zone=config.tpu_zone, gcp_project=config.gcp_project,
+        devices=devices)
+  except Exception as error:  # pylint: disable=broad-except
+    # No TPU there, a cluster that cannot be reached, ...
+    raise _config_module().ConfigError(
+        f'--strategy={config.strategy}: cannot create it: '
+        f'{errors.first_line(error)}') from error
   strategy_seconds = time.perf_counter() - started
+  preflight.check_strategy(config, strategy)
+  preflight.check_data(config)
   trainer = trainer_lib.Trainer(config, strategy)
   trainer.phases.add('strategy', strategy_seconds)
   summary = {'train_mode': config.train_mode, 'model_dir': config.model_dir}

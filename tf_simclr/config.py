@@ -8,6 +8,7 @@ network without repeating flags.
 
 import dataclasses
 import json
+import math
 import os
 from typing import Optional
 
@@ -117,16 +118,27 @@ class Config(architecture_lib.ModelConfig):
   gcp_project: Optional[str] = None
   master: Optional[str] = None
   num_gpus: int = 0
+  cpu_replicas: int = 0
   precision: str = 'float32'
   bfloat16_parts: str = 'measured'
   jit_compile: bool = False
 
   # ---------------------------------------------------------------- checks
-  def validate(self) -> 'Config':
-    """Raises ConfigError naming the first bad flag; returns self."""
+  def validate(self, need_model_dir=True) -> 'Config':
+    """Raises ConfigError naming the first bad flag; returns self.
+    need_model_dir=False: --model_dir may be missing (--show_augmentations
+    writes nothing there)."""
     def need(condition, message):
       if not condition:
         raise ConfigError(message)
+
+    # NaN passes no comparison and inf passes every lower bound: no float
+    # flag takes either.
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if isinstance(value, float):
+        need(math.isfinite(value),
+             f'--{field.name} must be a finite number, got {value}')
 
     def enum(name, choices):
       value = getattr(self, name)
@@ -145,23 +157,34 @@ class Config(architecture_lib.ModelConfig):
     enum('precision', PRECISIONS)
     enum('blur_placement', BLUR_PLACEMENTS)
     enum('color_jitter_version', COLOR_JITTER_VERSIONS)
+    # keep_checkpoint_max 0 would keep none (TensorFlow's CheckpointManager
+    # refuses it); keep_hub_module_max 0 keeps every export.
     for name in ('train_batch_size', 'eval_batch_size', 'image_size',
-                 'proj_out_dim', 'knn_bank_size'):
+                 'proj_out_dim', 'knn_bank_size', 'keep_checkpoint_max'):
       need(getattr(self, name) > 0,
            f'--{name} must be positive, got {getattr(self, name)}')
     for name in ('train_steps', 'train_epochs', 'eval_steps',
                  'checkpoint_steps', 'checkpoint_epochs', 'steps_per_loop',
-                 'keep_checkpoint_max', 'keep_hub_module_max', 'num_classes',
-                 'warmup_epochs', 'weight_decay', 'num_gpus',
+                 'keep_hub_module_max', 'num_classes', 'num_proj_layers',
+                 'warmup_epochs', 'weight_decay', 'num_gpus', 'cpu_replicas',
                  'knn_every_steps', 'memory_size'):
       need(getattr(self, name) >= 0,
            f'--{name} must be >= 0, got {getattr(self, name)}')
+    for name in ('dataset', 'train_split', 'eval_split'):
+      need(getattr(self, name), f'--{name} must not be empty')
     need(self.train_steps > 0 or self.train_epochs > 0,
          '--train_steps or --train_epochs must be positive')
     need(self.learning_rate >= 0,
          f'--learning_rate must be >= 0, got {self.learning_rate}')
     need(self.width_multiplier > 0,
          f'--width_multiplier must be positive, got {self.width_multiplier}')
+    # The stem's convolutions have int(64 x width) filters (half of that in
+    # the ResNet-D stem of SK networks): at least one.
+    smallest = 2 if self.sk_ratio > 0 else 1
+    need(64 * self.width_multiplier >= smallest,
+         f'--width_multiplier={self.width_multiplier} leaves the stem '
+         f'without channels: 64 x width must be >= {smallest}'
+         + (' with --sk_ratio > 0' if smallest > 1 else ''))
     need(0 <= self.sk_ratio < 1, f'--sk_ratio must be in [0, 1), got {self.sk_ratio}')
     need(0 <= self.se_ratio < 1, f'--se_ratio must be in [0, 1), got {self.se_ratio}')
     need(0 < self.batch_norm_decay < 1,
@@ -206,10 +229,84 @@ class Config(architecture_lib.ModelConfig):
            f'--memory_size must hold at least one step\'s projections (2 x '
            f'--train_batch_size = {2 * self.train_batch_size}), got '
            f'{self.memory_size}')
-    need(bool(self.model_dir), '--model_dir is required')
+    # Seeds of NumPy's generators (the label subset, --deterministic).
+    for name in ('label_seed', 'seed'):
+      need(0 <= getattr(self, name) < 2**32,
+           f'--{name} must be in 0..2**32-1, got {getattr(self, name)}')
+    need(not self.eval_name or not any(
+        separator in self.eval_name for separator in ('/', os.sep)),
+         f'--eval_name names the file result_NAME.json in --model_dir: no '
+         f'"/" in it, got {self.eval_name!r}')
+    self._validate_devices(need)
+    need(bool(self.model_dir) or not need_model_dir, '--model_dir is required')
     if self.use_tpu and self.strategy == 'default':
       self.strategy = 'tpu'
     return self
+
+  def _validate_devices(self, need):
+    """--strategy and the flags that pick its devices agree."""
+    need(not (self.use_tpu and self.strategy not in ('default', 'tpu')),
+         f'--use_tpu asks for the TPU strategy, --strategy={self.strategy} '
+         'for another: give one of them')
+    for name in ('num_gpus', 'cpu_replicas'):
+      need(not getattr(self, name) or self.strategy == 'mirrored',
+           f'--{name} applies to --strategy=mirrored, got '
+           f'--strategy={self.strategy}')
+    need(not (self.num_gpus and self.cpu_replicas),
+         '--num_gpus (GPU replicas) and --cpu_replicas (CPU replicas) '
+         'exclude each other: give one of them')
+    # Where the TPU is: without the TPU strategy the run would go on the
+    # CPU or GPUs, silently.
+    on_tpu = self.strategy == 'tpu' or (self.use_tpu and
+                                        self.strategy == 'default')
+    for name in ('master', 'tpu_name', 'tpu_zone', 'gcp_project'):
+      need(not getattr(self, name) or on_tpu,
+           f'--{name} applies to the TPU strategy (--strategy=tpu or '
+           f'--use_tpu), got --strategy={self.strategy}')
+
+  def evaluates(self) -> bool:
+    """The run evaluates the supervised head on --eval_split."""
+    return self.mode in ('eval', 'train_then_eval')
+
+  def check_replicas(self, replicas: int, source: str):
+    """Raises ConfigError unless the global batches split evenly over
+    `replicas` (each replica gets batch / replicas images); `source` says
+    what they are, e.g. 'the 2 replicas of --cpu_replicas=2'."""
+    names = ['train_batch_size'] + (['eval_batch_size'] if self.evaluates()
+                                    else [])
+    for name in names:
+      batch = getattr(self, name)
+      if batch % replicas:
+        raise ConfigError(
+            f'--{name}={batch} does not split evenly over {source}: use a '
+            f'multiple of {replicas}')
+
+  def replicas_from_flags(self, environ=None):
+    """(replicas, source) as far as the flags and TF_CONFIG tell before
+    TensorFlow loads, or None when only the strategy knows (all local GPUs,
+    a TPU). For multi_worker_mirrored: the worker count, a divisor of the
+    replica count (each worker has its own devices)."""
+    environ = os.environ if environ is None else environ
+    if self.strategy == 'mirrored':
+      if self.cpu_replicas:
+        return self.cpu_replicas, (f'the {self.cpu_replicas} replicas of '
+                                   f'--cpu_replicas={self.cpu_replicas}')
+      if self.num_gpus:
+        return self.num_gpus, (f'the {self.num_gpus} GPUs of '
+                               f'--num_gpus={self.num_gpus}')
+    if self.strategy == 'multi_worker_mirrored' and environ.get('TF_CONFIG'):
+      try:
+        cluster = json.loads(environ['TF_CONFIG']).get('cluster') or {}
+        workers = sum(len(cluster.get(kind) or [])
+                      for kind in ('chief', 'worker'))
+      except (ValueError, AttributeError, TypeError) as error:
+        raise ConfigError(
+            '--strategy=multi_worker_mirrored reads the cluster from '
+            f'TF_CONFIG, which is not a JSON object with a "cluster": '
+            f'{errors.first_line(error)}') from None
+      if workers > 1:
+        return workers, f'the {workers} workers of TF_CONFIG'
+    return None
 
   # ---------------------------------------------------------------- derived
   @property

@@ -1,7 +1,8 @@
 """The command line of the benchmark: `python -m tf_simclr.benchmark --help`.
 
 The flags live here, in the entry point; the library (tf_simclr.benchmark)
-takes their values as an object. Another entry point that times the same
+takes their values as an object. A bad flag ends as run.py's do: one line
+on stderr, exit status 2, before TensorFlow loads. Another entry point that times the same
 way (benchmarks/strided_pointwise_speed.py) imports this module for the same
 flags.
 """
@@ -77,20 +78,92 @@ flags.DEFINE_integer('peak_matrix_size', 0, 'Size n of the n x n matmul of --mea
 flags.DEFINE_multi_string('variant', [], 'Also time this variant of the flags in the same process, calls interleaved with the baseline\'s, e.g. --variant="jit_compile=true" --variant="steps_per_loop=1 precision=bfloat16". Reported as ratios to the baseline (the flags as given).')
 
 
+PROGRAM = 'python -m tf_simclr.benchmark'
+# The strategies the benchmark makes (run.py's, but for the TPU's).
+STRATEGIES = ('default', 'mirrored', 'multi_worker_mirrored')
+
+
 def parse_value(name, text):
   """A --variant value, parsed as its flag parses it."""
   return FLAGS[name].parser.parse(text)
 
 
-def main(argv):
+def _refuse(message):
+  """A bad flag: one line on stderr, exit status 2 (as run.py)."""
+  print(f'{PROGRAM}: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's parser, with a bad flag reported as one line and exit 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    _refuse(error)
+
+
+def check_flags(argv):
+  """The flags, checked before TensorFlow loads; raises benchmark.UsageError
+  naming the flag. The run.py flags of the baseline and of every --variant
+  go through run.py's own checks (config.Config.validate)."""
+  from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
+  usage = benchmark.UsageError
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise usage(f'unexpected arguments: {" ".join(argv[1:])} (flags are '
+                'written --name=value)')
+  for name in ('steps', 'input_batches'):
+    if FLAGS[name].value <= 0:
+      raise usage(f'--{name} must be positive, got {FLAGS[name].value}')
+  for name in ('warmup_steps', 'stage_repeats', 'input_warmup_batches',
+               'peak_matrix_size'):
+    if FLAGS[name].value < 0:
+      raise usage(f'--{name} must be >= 0, got {FLAGS[name].value}')
+  for text in FLAGS.input_image_sizes:
+    if not text.strip().isdigit() or int(text) <= 0:
+      raise usage('--input_image_sizes takes positive integers, got '
+                  f'{text!r}')
+  if FLAGS.strategy not in STRATEGIES:
+    raise usage(f'--strategy must be one of {", ".join(STRATEGIES)}, got '
+                f'{FLAGS.strategy!r}')
+  if not FLAGS.dataset:
+    raise usage('--dataset must not be empty')
+  if FLAGS.component == 'stage' and FLAGS.dataset not in ('synthetic',
+                                                           'fashion_mnist'):
+    raise usage('--component=stage runs on --dataset=fashion_mnist or '
+                f'synthetic, got {FLAGS.dataset!r}')
+  variants = [{}]
+  for text in FLAGS.variant:
+    try:
+      variants.append(benchmark.parse_variant(text, parse_value))
+    except (flags.Error, ValueError) as error:
+      raise usage(f'--variant={text!r}: {error}') from None
+  for overrides in variants:
+    steps_per_loop = overrides.get('steps_per_loop', FLAGS.steps_per_loop)
+    try:
+      if steps_per_loop <= 0:  # The timed calls' length (no automatic 0).
+        raise config_lib.ConfigError(
+            f'--steps_per_loop must be positive, got {steps_per_loop}')
+      config = benchmark.make_config(FLAGS, 'unused', 'unused', overrides)
+      replicas = config.replicas_from_flags()
+      if replicas:
+        config.check_replicas(*replicas)
+    except config_lib.ConfigError as error:
+      where = ' '.join(f'{k}={v}' for k, v in overrides.items())
+      raise usage(f'{error}' + (f' (in --variant="{where}")' if where
+                                 else '')) from None
+
+
+def main(argv):
+  try:
+    check_flags(argv)
+  except benchmark.UsageError as error:
+    _refuse(error)
   if FLAGS.component == 'stage':
     sys.exit(run_stage_cost())
   try:
     summary = benchmark.run_benchmark(FLAGS, parse_value)
   except benchmark.UsageError as error:
-    raise app.UsageError(str(error)) from None
+    _refuse(error)
   sys.stdout.flush()
   print(json.dumps(summary, sort_keys=True), flush=True)
 
@@ -99,11 +172,7 @@ def run_stage_cost():
   """--component=stage: stage_cost.py in a process of its own (it defines
   run.py's flags); returns its exit status."""
   import subprocess  # pylint: disable=g-import-not-at-top
-  dataset = FLAGS.dataset if FLAGS.dataset in ('synthetic',
-                                               'fashion_mnist') else None
-  if dataset is None:
-    raise app.UsageError('--component=stage runs on --dataset=fashion_mnist '
-                         'or synthetic')
+  dataset = FLAGS.dataset  # synthetic or fashion_mnist (check_flags).
   command = [sys.executable, '-m', 'tf_simclr.benchmark.stage_cost',
              f'--dataset={dataset}', f'--resnet_depth={FLAGS.resnet_depth}',
              f'--width_multiplier={FLAGS.width_multiplier}',
@@ -115,4 +184,4 @@ def run_stage_cost():
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
