@@ -9,7 +9,7 @@ backward pass in float32 at the pretraining step's per-replica batch (256
 images x 2 views):
 - time: the fastest of --repeats calls after a first (tracing) one;
 - FLOPs: the multiply-adds of every convolution and matrix product of the
-  forward graph, 2 FLOPs each, x3 for forward + both gradients (the
+  forward graph for the whole batch, 2 FLOPs each, x3 for forward + both gradients (the
   benchmark's convention);
 - bytes: every op of the traced forward + backward graph reading its float
   inputs and writing its float outputs once (static shapes): a lower bound of
@@ -95,7 +95,8 @@ def measure(args):
                                      args.image_size, cifar_stem=True):
     step, images = precision.part_step(shape, 'float32', batch=args.batch)
     graph = step.get_concrete_function(images).graph
-    flops = 3 * 2 * benchmark._graph_multiply_adds(  # pylint: disable=protected-access
+    # _graph_multiply_adds counts one image (it leaves the batch out).
+    flops = 3 * 2 * args.batch * benchmark._graph_multiply_adds(  # pylint: disable=protected-access
         graph_forward(shape, args))
     moved, ops = graph_bytes_and_ops(graph)
     seconds = precision.time_part(shape, 'float32', batch=args.batch,
