@@ -170,9 +170,9 @@ def test_labeled_and_unlabeled_are_disjoint_and_make_the_split():
   assert set(_fingerprints(again)) <= set(labeled)
 
 
-def test_labeled_subset_scans_the_split_once_over_many_epochs(monkeypatch):
-  """The subset is kept after the first pass: later epochs do not re-read
-  the whole split (which made 1 % finetuning input-bound)."""
+@pytest.fixture
+def counted_reads(monkeypatch):
+  """A tf.Variable counting the records the synthetic source reads."""
   reads = tf.Variable(0, dtype=tf.int64)
   source = sources.source('synthetic', None)
   original_read = type(source).read
@@ -187,6 +187,15 @@ def test_labeled_subset_scans_the_split_once_over_many_epochs(monkeypatch):
     return dataset.map(count), sharded
 
   monkeypatch.setattr(type(source), 'read', counting_read)
+  data.release_memory()
+  yield reads
+  data.release_memory()
+
+
+def test_labeled_subset_scans_the_split_once_over_many_epochs(counted_reads):
+  """The subset is kept after the first pass: later epochs do not re-read
+  the whole split (which made 1 % finetuning input-bound)."""
+  reads = counted_reads
   config = _config(label_fraction=0.05, subset='labeled', is_training=True,
                    batch_size=10, augmentation='finetune')
   subset_size = data.num_examples(config)
@@ -392,28 +401,6 @@ def test_augmentation_grid_png(tmp_path):
 
 
 # ---------------------------------------------------------------- held in memory
-@pytest.fixture
-def counted_reads(monkeypatch):
-  """A tf.Variable counting the records the synthetic source reads."""
-  reads = tf.Variable(0, dtype=tf.int64)
-  source = sources.source('synthetic', None)
-  original_read = type(source).read
-
-  def counting_read(self, split, shuffle_files, seed, input_context):
-    dataset, sharded = original_read(self, split, shuffle_files, seed,
-                                     input_context)
-
-    def count(key, raw, label):
-      reads.assign_add(1)
-      return key, raw, label
-    return dataset.map(count), sharded
-
-  monkeypatch.setattr(type(source), 'read', counting_read)
-  data.release_memory()
-  yield reads
-  data.release_memory()
-
-
 def _streamed(monkeypatch, config):
   """config's examples through the pipeline that holds nothing in memory."""
   with monkeypatch.context() as patch:
