@@ -44,14 +44,10 @@ The parts (plan, stage flags, stage runner, anchors, arms, report) are in
 benchmarks/protocol/.
 """
 
-import argparse
 import dataclasses
 import json
 import os
-import shlex
 import sys
-import tempfile
-import time
 
 # As run.py: oneDNN's CPU kernels also on AVX2-only CPUs (set before
 # TensorFlow loads; the stages run in this process).
@@ -62,30 +58,14 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 # pylint: disable=wrong-import-position
+from benchmarks.protocol import experiment
 from benchmarks.protocol import plan as plan_lib
 from benchmarks.protocol import protocol
 from benchmarks.protocol import report
-from benchmarks.protocol import stages as stages_lib
 # pylint: enable=wrong-import-position
 
-DEFAULT_OUTPUT_DIR = os.path.join(REPO, 'benchmarks', 'results')
 
-
-def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='a tiny version (minutes) that checks the plumbing')
-  parser.add_argument('--scale', type=float, default=1,
-                      help='multiply epochs and widths (e.g. 8 on a GPU)')
-  parser.add_argument('--output_dir', default=DEFAULT_OUTPUT_DIR)
-  parser.add_argument('--work_dir', default=None,
-                      help='model_dirs and logs (default: a new temporary '
-                      'directory); stages already done there are reused')
-  parser.add_argument('--subprocesses', action='store_true',
-                      help='run every stage as its own `python run.py` '
-                      'process (slower: start-up per stage)')
-  parser.add_argument('--plan_only', action='store_true',
-                      help='print the step counts and time estimate, run nothing')
+def _memory_flags(parser):
   parser.add_argument('--memory_size', type=int, default=0,
                       help='also run the simclr_memory arm with this buffer '
                       'size (0: not run)')
@@ -94,7 +74,12 @@ def parse_args(argv):
                       help='the memory step\'s time over the plain step\'s '
                       '(python -m tf_simclr.benchmark --variant=memory_size=K): '
                       'the memory pretraining gets 1/this of the epochs')
-  return parser.parse_args(argv)
+
+
+def parse_args(argv):
+  return experiment.parse_args(
+      argv, __doc__.split('\n')[0],
+      'print the step counts and time estimate, run nothing', _memory_flags)
 
 
 def main(argv=None):
@@ -112,38 +97,22 @@ def main(argv=None):
   if args.plan_only:
     print(json.dumps(estimate, indent=1))
     return 0
-  work_dir = args.work_dir or tempfile.mkdtemp(prefix='simclr_semi_')
-  print('work_dir:', work_dir, flush=True)
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  logging.use_absl_handler()  # run.py's progress lines, as under app.run.
-  logging.set_verbosity(logging.INFO)
-  started = time.time()
-  stages = stages_lib.Stages(work_dir, subprocesses=args.subprocesses,
-                             echo=lambda line: print(line, flush=True))
-  try:
+
+  def run(stages):
     results = protocol.run_protocol(plan, stages, stages.echo)
-  except stages_lib.StageFailed as error:
-    print(f'semi_supervised.py: {error}', file=sys.stderr)
-    return 1
-  curves = report.read_scalars(stages.model_dir('pretrain'))
-  results.update({
-      'fractions': [plan_lib.fraction_key(f) for f in plan_lib.FRACTIONS],
-      'labeled_images': {
-          plan_lib.fraction_key(f): plan_lib.labeled_count(f, plan.num_train)
-          for f in plan_lib.FRACTIONS},
-      'wall_time_s': stages.timings(),
-      'total_wall_time_s': time.time() - started,
-      'plan': plan_lib.plan_record(plan, quick=args.quick, scale=args.scale),
-      'estimated_wall_time_s': estimate['total'],
-      'command': shlex.join(['python', 'benchmarks/semi_supervised.py', *argv]),
-      'git': report.git_info(),
-      'machine': report.machine_info(),
-      'work_dir': work_dir,
-  })
-  paths = report.write_outputs(results, curves, args.output_dir)
-  print(report.markdown_table(results))
-  print('wrote', ', '.join(paths.values()))
-  return 0
+    results.update(
+        experiment.fraction_records(plan_lib.FRACTIONS, plan.num_train),
+        plan=plan_lib.plan_record(plan, quick=args.quick, scale=args.scale),
+        work_dir=stages.work_dir)
+    return results
+
+  def finish(results, stages):
+    curves = report.read_scalars(stages.model_dir('pretrain'))
+    paths = report.write_outputs(results, curves, args.output_dir)
+    return paths, report.markdown_table(results)
+
+  return experiment.run_experiment('benchmarks/semi_supervised.py', argv,
+                                   args, estimate, run, finish)
 
 
 if __name__ == '__main__':

@@ -88,14 +88,10 @@ run.py` each), and a stage done in --work_dir before is reused. Run it from a
 tree nobody edits.
 """
 
-import argparse
 import dataclasses
 import json
 import os
-import shlex
 import sys
-import tempfile
-import time
 
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -105,6 +101,7 @@ if REPO not in sys.path:
 
 # pylint: disable=wrong-import-position
 from benchmarks import scaling
+from benchmarks.protocol import experiment
 from benchmarks.protocol import flags as flags_lib
 from benchmarks.protocol import plan as plan_lib
 from benchmarks.protocol import protocol
@@ -112,7 +109,6 @@ from benchmarks.protocol import report
 from benchmarks.protocol import stages as stages_lib
 # pylint: enable=wrong-import-position
 
-DEFAULT_OUTPUT_DIR = os.path.join(REPO, 'benchmarks', 'results')
 CODE_PATHS = report.CODE_PATHS + ('benchmarks/scaling.py',
                                   'benchmarks/v2_ablation.py')
 
@@ -673,28 +669,9 @@ def markdown_table(results):
   plan = results.get('plan', {})
   if plan.get('cuts'):
     lines += ['Cut to fit the budget: ' + '; '.join(plan['cuts']) + '.', '']
-  lines += ['Choices made on the validation split (validation top-1):', '']
-  for name, choice in choices.items():
-    scores = ', '.join(f'{k}: {100 * v:.2f}' for k, v in
-                       choice['validation_top_1'].items())
-    source = (f'reused from {choice["reused_from"]}'
-              if 'reused_from' in choice else scores or
-              choice.get('chosen_at', ''))
-    lines.append(f'- {name}: **{choice["chosen"]}** ({source})')
-  lines += ['', '| stage | wall time (s) | training images/s |',
-            '|---|---:|---:|']
-  for name, entry in results.get('wall_time_s', {}).items():
-    rate = entry.get('train_images_per_sec')
-    lines.append(f'| {name}{" (reused)" if entry.get("reused") else ""} | '
-                 f'{entry["seconds"]:.0f} | '
-                 f'{"" if rate is None else f"{rate:.0f}"} |')
-  lines.append(f'| **total** | {results["total_wall_time_s"]:.0f} | |')
-  machine = results.get('machine', {})
-  lines += ['', f'Machine: {machine.get("cpu", "?")}, '
-            f'{machine.get("cores", "?")} cores, TensorFlow '
-            f'{machine.get("tensorflow", "?")}. Commit '
-            f'{results.get("git", {}).get("commit", "?")}.', '',
-            f'Command: `{results.get("command", "")}`', '']
+  lines += ['Choices made on the validation split (validation top-1):', '',
+            *report.choice_lines(choices), '', *report.stage_time_lines(results),
+            '', *report.machine_lines(results)]
   return '\n'.join(lines)
 
 
@@ -712,22 +689,9 @@ def write_outputs(results, output_dir):
 
 # ---------------------------------------------------------------- the command
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='a tiny version (minutes) that checks the plumbing')
-  parser.add_argument('--scale', type=float, default=1,
-                      help='multiply epochs and widths (e.g. 8 on a GPU)')
-  parser.add_argument('--output_dir', default=DEFAULT_OUTPUT_DIR)
-  parser.add_argument('--work_dir', default=None,
-                      help='model_dirs and logs (default: a new temporary '
-                      'directory); stages already done there are reused')
-  parser.add_argument('--subprocesses', action='store_true',
-                      help='run every stage as its own `python run.py` '
-                      'process (slower: start-up per stage)')
-  parser.add_argument('--plan_only', action='store_true',
-                      help='print the steps, runs, cuts and time estimate, '
-                      'run nothing')
-  return parser.parse_args(argv)
+  return experiment.parse_args(
+      argv, __doc__.split('\n')[0],
+      'print the steps, runs, cuts and time estimate, run nothing')
 
 
 def main(argv=None):
@@ -745,40 +709,24 @@ def main(argv=None):
   if args.plan_only:
     print(json.dumps(estimate, indent=1))
     return 0
-  work_dir = args.work_dir or tempfile.mkdtemp(prefix='simclr_v2_ablation_')
-  print('work_dir:', work_dir, flush=True)
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  logging.use_absl_handler()  # run.py's progress lines, as under app.run.
-  logging.set_verbosity(logging.INFO)
-  started = time.time()
-  stages = stages_lib.Stages(work_dir, subprocesses=args.subprocesses,
-                             echo=lambda line: print(line, flush=True))
-  try:
+
+  def run(stages):
     results = run_ablation(plan, stages, stages.echo)
-  except stages_lib.StageFailed as error:
-    print(f'v2_ablation.py: {error}', file=sys.stderr)
-    return 1
-  memory = results['memory']
-  results['memory']['pretraining_curves'] = {
-      arm: {tag: [[s, v] for s, v in points] for tag, points in
-            report.read_scalars(stages.model_dir(memory[arm]['stage'])).items()}
-      for arm in ('plain', 'with_memory')}
-  results.update({
-      'fractions': [plan_lib.fraction_key(f) for f in FRACTIONS],
-      'labeled_images': {plan_lib.fraction_key(f): plan_lib.labeled_count(f)
-                         for f in FRACTIONS},
-      'wall_time_s': stages.timings(),
-      'total_wall_time_s': time.time() - started,
-      'plan': plan.record(quick=args.quick),
-      'estimated_wall_time_s': estimate['total'],
-      'command': shlex.join(['python', 'benchmarks/v2_ablation.py', *argv]),
-      'git': report.git_info(CODE_PATHS),
-      'machine': report.machine_info(),
-  })
-  paths = write_outputs(results, args.output_dir)
-  print(markdown_table(results))
-  print('wrote', ', '.join(paths.values()))
-  return 0
+    memory = results['memory']
+    memory['pretraining_curves'] = {
+        arm: {tag: [[s, v] for s, v in points] for tag, points in
+              report.read_scalars(
+                  stages.model_dir(memory[arm]['stage'])).items()}
+        for arm in ('plain', 'with_memory')}
+    results.update(experiment.fraction_records(FRACTIONS),
+                   plan=plan.record(quick=args.quick))
+    return results
+
+  def finish(results, _):
+    return write_outputs(results, args.output_dir), markdown_table(results)
+
+  return experiment.run_experiment('benchmarks/v2_ablation.py', argv, args,
+                                   estimate, run, finish, CODE_PATHS)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,6 @@ counts of the built networks, the budget and its cuts, the outputs."""
 
 import dataclasses
 import json
-import zlib
 
 import pytest
 
@@ -19,10 +18,7 @@ FRACTIONS = plan_lib.FRACTIONS
 PREFIXES = {'supervised': 'supervised', 'simclr': 'finetune'}
 
 
-def _score(name):
-  """A test top-1 of its own for each stage, so that a number in the
-  results can be traced to the stage that produced it."""
-  return zlib.crc32(name.encode()) % 10_007 / 10_007
+_score = semi.stage_score
 
 
 class _TracedStages(semi._FakeStages):  # pylint: disable=protected-access
@@ -42,10 +38,8 @@ def _faked_scaling(plan, tmp_path):
   test, {name: flags} read on validation)."""
   stages = _TracedStages(str(tmp_path))
   results = scaling.run_scaling(plan, stages, echo=lambda *_: None)
-  tested = {name: flags for name, flags in stages.calls
-            if '--eval_split=test' in flags}
-  validated = {name: flags for name, flags in stages.calls
-               if f'--eval_split={plan.protocol.validation_split}' in flags}
+  tested, validated = semi.reads_by_split(
+      stages, plan.protocol.validation_split)
   return results, stages, tested, validated
 
 

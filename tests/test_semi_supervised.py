@@ -10,11 +10,13 @@ import os
 import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 
 from benchmarks.protocol import anchors as anchors_lib
+from benchmarks.protocol import experiment
 from benchmarks.protocol import flags as flags_lib
 from benchmarks.protocol import plan as plan_lib
 from benchmarks.protocol import protocol
@@ -369,6 +371,22 @@ class _FakeStages(stages_lib.Stages):
     return self.records[name]
 
 
+def stage_score(name):
+  """A test top-1 of its own for each stage, so that a number in the
+  results can be traced to the stage that produced it."""
+  return zlib.crc32(name.encode()) % 10_007 / 10_007
+
+
+def reads_by_split(stages, validation_split):
+  """({name: flags} read on test, {name: flags} read on validation) of the
+  stages a fake ran."""
+  tested = {name: flags for name, flags in stages.calls
+            if '--eval_split=test' in flags}
+  validated = {name: flags for name, flags in stages.calls
+               if f'--eval_split={validation_split}' in flags}
+  return tested, validated
+
+
 def _fake_feature_logistic_regression(plan, model_dir, cs=None, test=False,
                                       key='final_avg_pool'):
   del plan, cs, key
@@ -698,3 +716,41 @@ def test_feature_regression_of_a_pretraining_runs_once_per_model_dir(
     assert 'pretrain_feature_logreg' in stages.timings()
   assert calls == [stages.model_dir('pretrain')]
   assert stages.timings()['pretrain_feature_logreg']['reused']
+
+
+def test_experiment_records_and_a_failed_stage_is_one_line(tmp_path, capsys):
+  """benchmarks/protocol/experiment.run_experiment: the records every
+  results JSON carries, and a failed stage as one line and exit status 1
+  with nothing written."""
+  args = experiment.parse_args([f'--work_dir={tmp_path}', '--output_dir=x'],
+                               'test', 'plan only')
+  written = {}
+
+  def finish(results, stages):
+    written.update(results, work_dir=stages.work_dir)
+    return {'results': 'x/results.json'}, 'the table'
+
+  def run(stages):
+    stages.records['a'] = {'seconds': 2.5, 'result': {}, 'train': {}}
+    return {'top_1': 0.5}
+
+  argv = ['--work_dir=w', '--plan_only=0']
+  assert experiment.run_experiment('benchmarks/e.py', argv, args,
+                                   {'total': 12.0}, run, finish) == 0
+  assert written['top_1'] == 0.5 and written['work_dir'] == str(tmp_path)
+  assert written['estimated_wall_time_s'] == 12.0
+  assert written['command'] == 'python benchmarks/e.py --work_dir=w --plan_only=0'
+  assert 0 <= written['total_wall_time_s'] < 60
+  assert set(written['git']) >= {'commit', 'uncommitted_changes_in_code'}
+  assert written['machine']['cores'] == os.cpu_count()
+  assert 'the table' in capsys.readouterr().out
+
+  def failing(stages):
+    raise stages_lib.StageFailed('pretrain failed (exit 1): see logs/x.log')
+
+  written.clear()
+  assert experiment.run_experiment('benchmarks/e.py', [], args, {'total': 1},
+                                   failing, finish) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ['e.py: pretrain failed (exit 1): see logs/x.log']
+  assert not written

@@ -6,7 +6,6 @@ cuts, the outputs' keys."""
 
 import dataclasses
 import json
-import zlib
 
 import pytest
 
@@ -28,10 +27,7 @@ SWEEP_KNN = {(4096, 0.99): 0.78, (4096, 0.999): 0.74, (16384, 0.99): 0.79,
 SWEEP_PLAIN_KNN = 0.795
 
 
-def _score(name):
-  """A test top-1 of its own for each stage, so that a number in the
-  results can be traced to the stage that produced it."""
-  return zlib.crc32(name.encode()) % 10_007 / 10_007
+_score = semi.stage_score
 
 
 class _FakeStages(semi._FakeStages):  # pylint: disable=protected-access
@@ -80,10 +76,8 @@ def _faked(plan, tmp_path, **fake):
   test, {name: flags} read on validation)."""
   stages = _FakeStages(str(tmp_path), **fake)
   results = v2_ablation.run_ablation(plan, stages, echo=lambda *_: None)
-  tested = {name: flags for name, flags in stages.calls
-            if '--eval_split=test' in flags}
-  validated = {name: flags for name, flags in stages.calls
-               if f'--eval_split={plan.protocol.validation_split}' in flags}
+  tested, validated = semi.reads_by_split(
+      stages, plan.protocol.validation_split)
   return results, stages, tested, validated
 
 

@@ -141,28 +141,45 @@ def markdown_table(results):
     text.append('')
   choices = results.get('validation_choices', {})
   if choices:
-    text += ['Choices made on the validation split (validation top-1):', '']
-    for name, choice in choices.items():
-      scores = ', '.join(f'{k}: {100 * v:.2f}' for k, v in
-                         choice['validation_top_1'].items())
-      source = (f'reused from {choice["reused_from"]}'
-                if 'reused_from' in choice else
-                f'chosen at {choice["chosen_at"]}' if not scores else scores)
-      text.append(f'- {name}: **{choice["chosen"]}** ({source})')
-    text.append('')
-  text += ['| stage | wall time (s) | training images/s |', '|---|---:|---:|']
-  for name, entry in results['wall_time_s'].items():
-    rate = entry.get('train_images_per_sec')
-    text.append(f'| {name}{" (reused)" if entry.get("reused") else ""} | '
-                f'{entry["seconds"]:.0f} | '
-                f'{"" if rate is None else f"{rate:.0f}"} |')
-  text.append(f'| **total** | {results["total_wall_time_s"]:.0f} | |')
-  machine = results.get('machine', {})
-  text += ['', f'Machine: {machine.get("cpu", "?")}, {machine.get("cores", "?")} '
-           f'cores, TensorFlow {machine.get("tensorflow", "?")}. Commit '
-           f'{results.get("git", {}).get("commit", "?")}.', '',
-           f'Command: `{results.get("command", "")}`', '']
+    text += ['Choices made on the validation split (validation top-1):', '',
+             *choice_lines(choices), '']
+  text += [*stage_time_lines(results), '', *machine_lines(results)]
   return '\n'.join(text)
+
+
+def choice_lines(choices, group=''):
+  """One list item per choice made on validation: the chosen value and the
+  candidates' validation top-1 (or where it was reused from or chosen)."""
+  lines = []
+  for name, choice in choices.items():
+    scores = ', '.join(f'{k}: {100 * v:.2f}' for k, v in
+                       choice['validation_top_1'].items())
+    source = (f'reused from {choice["reused_from"]}'
+              if 'reused_from' in choice else scores or
+              f'chosen at {choice.get("chosen_at", "?")}')
+    lines.append(f'- {group}{name}: **{choice["chosen"]}** ({source})')
+  return lines
+
+
+def stage_time_lines(results):
+  """The table of every stage's wall time and training rate, and the total."""
+  lines = ['| stage | wall time (s) | training images/s |', '|---|---:|---:|']
+  for name, entry in results.get('wall_time_s', {}).items():
+    rate = entry.get('train_images_per_sec')
+    lines.append(f'| {name}{" (reused)" if entry.get("reused") else ""} | '
+                 f'{entry["seconds"]:.0f} | '
+                 f'{"" if rate is None else f"{rate:.0f}"} |')
+  lines.append(f'| **total** | {results["total_wall_time_s"]:.0f} | |')
+  return lines
+
+
+def machine_lines(results):
+  """The machine, the commit and the command of a results record."""
+  machine = results.get('machine', {})
+  return [f'Machine: {machine.get("cpu", "?")}, {machine.get("cores", "?")} '
+          f'cores, TensorFlow {machine.get("tensorflow", "?")}. Commit '
+          f'{results.get("git", {}).get("commit", "?")}.', '',
+          f'Command: `{results.get("command", "")}`', '']
 
 
 # ---------------------------------------------------------------- plots
