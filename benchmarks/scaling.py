@@ -42,16 +42,19 @@ protocol reads it).
 
 Budget: the estimate (ScalingPlan.estimate_seconds: the protocol's measured
 images/s at width 1/8, scaled per width by WIDTH_COSTS, plus RUN_OVERHEAD_S
-per run) must be <= BUDGET_S on 2 CPU cores. Cuts, in this order, each only
+per run) must be <= BUDGET_S on 2 CPU cores of --machine's class (the rates'
+Xeon, or an AMD EPYC at plan_lib.MACHINE_SLOWDOWN; auto: this machine's, so
+the EPYC's plan cuts more). Cuts, in this order, each only
 when the ones before did not fit (fit_to_budget; the plan's `cuts` lists
 those taken, scaling.json's `plan.cuts` too): (1) pretraining epochs, from
 the protocol's 12 down in steps of 0.5, not below 3; (2) the 10 % fraction's
 few-label epochs, from 10 down to 5; (3) one learning rate per arm at 10 %,
 the arm's 1 % choice reused; (4) self-distillation at label seed 0 only. With
-the constants of this file the default plan takes cuts (1) and (2): 3
+the constants of this file the Xeon's plan takes cuts (1) and (2): 3
 pretraining epochs for every size (the protocol's 12 would add about 38
-minutes, 22 of them the largest size's) and 9 few-label epochs at 10 %
-(from 10), for an estimate of 3 587 s; `--plan_only` prints the cuts taken.
+minutes, 22 of them the largest size's) and 7 few-label epochs at 10 %
+(from 10), for an estimate of 3 569 s; the EPYC's takes all four (64 min
+there); `--plan_only` prints the cuts taken.
 
 Writes OUTPUT_DIR/scaling.json, scaling.md and scaling.png (top-1 against
 parameters, one line per label fraction, SimCLRv2 solid, supervised dashed).
@@ -442,9 +445,10 @@ def fit_to_budget(plan, budget_s=BUDGET_S):
       cuts=plan.cuts + ('self-distillation at label seed 0 only',))
 
 
-def make_scaling_plan(scale=1, quick=False):
-  """The default plan (fitted to BUDGET_S), a tiny --quick one, or --scale=N:
-  the default plan with N times its widths and epochs (for one GPU)."""
+def make_scaling_plan(scale=1, quick=False, machine='xeon'):
+  """The default plan (fitted to BUDGET_S on `machine`, a key of
+  plan_lib.MACHINE_SLOWDOWN), a tiny --quick one, or --scale=N: the default
+  plan with N times its widths and epochs (for one GPU)."""
   if quick:
     protocol_plan = dataclasses.replace(
         plan_lib.make_plan(quick=True), student_inits=('teacher',),
@@ -452,7 +456,8 @@ def make_scaling_plan(scale=1, quick=False):
         label_seeds={0.001: (0, 1), 0.01: (0,), 0.1: (0,)},
         sweep_fractions=(0.001,), crop_sweep_fractions=(0.001,))
     return ScalingPlan(protocol=protocol_plan)
-  plan = fit_to_budget(full_design())
+  plan = fit_to_budget(full_design(),
+                       BUDGET_S / plan_lib.MACHINE_SLOWDOWN[machine])
   if scale == 1:
     return plan
   return dataclasses.replace(
@@ -719,7 +724,7 @@ def parse_args(argv):
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
-  plan = make_scaling_plan(args.scale, args.quick)
+  plan = make_scaling_plan(args.scale, args.quick, args.machine)
   estimate = plan.estimate_seconds()
   print('sizes:', json.dumps({size.name: {'depth': size.depth,
                                           'width': size.width}
@@ -729,7 +734,7 @@ def main(argv=None):
   print('cuts:', json.dumps(list(plan.cuts)))
   print('steps:', json.dumps(plan.steps()))
   print('runs:', json.dumps(plan.runs()))
-  print(f'estimated wall time on 2 CPU cores: {estimate["total"] / 60:.0f} min')
+  experiment.print_estimate(estimate, args.machine)
   if args.plan_only:
     print(json.dumps(estimate, indent=1))
     return 0
@@ -739,7 +744,8 @@ def main(argv=None):
     results = run_scaling(plan, stages, stages.echo)
     results.update(experiment.fraction_records(FRACTIONS), sizes=sizes,
                    params_counted=PARAMS_COUNTED,
-                   plan=plan.record(quick=args.quick))
+                   plan=plan.record(quick=args.quick,
+                                     budget_machine=args.machine))
     return results
 
   def finish(results, _):

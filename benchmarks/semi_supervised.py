@@ -93,7 +93,7 @@ def main(argv=None):
   estimate = plan_lib.estimate_seconds(plan)
   print('steps:', json.dumps(plan.steps()))
   print('runs:', json.dumps(plan.runs()))
-  print(f'estimated wall time on 2 CPU cores: {estimate["total"] / 60:.0f} min')
+  experiment.print_estimate(estimate, args.machine)
   if args.plan_only:
     print(json.dumps(estimate, indent=1))
     return 0

@@ -68,7 +68,8 @@ tf_simclr/memory.py); tf_simclr has no flag for it, so it is not varied here.
 
 Budget: the estimate (AblationPlan.estimate_seconds: the protocol's measured
 images/s, plan_lib.RATES, and scaling.py's per-run overheads; a memory step
-costs MEMORY_STEP_COSTS) must be <= BUDGET_S on 2 CPU cores. Cuts, in this
+costs MEMORY_STEP_COSTS) must be <= BUDGET_S on 2 CPU cores of --machine's
+class (as scaling.py's). Cuts, in this
 order, each only when the ones before did not fit (fit_to_budget; recorded in
 the plan's `cuts` and v2_ablation.json's `plan.cuts`): (1) the sweep's
 pretraining epochs, from 2 down in steps of 0.25, not below 1; (2) label
@@ -80,7 +81,8 @@ the constants of this file the default plan takes all four, each to its
 floor (1-epoch sweep, 2 seeds at 1 %, rates 0.0125 and 0.05, 5 epochs at
 10 %), for an estimate of 3 578 s: the three full-length pretrainings (3-layer,
 2-layer, the memory's) are 2 197 s of it and the sweep 779 s; the design
-before any cut is 4 944 s. `--plan_only` prints the cuts taken.
+before any cut is 4 944 s (on the Xeon; on the EPYC the same cuts, all at
+their floors, still leave 82 min). `--plan_only` prints the cuts taken.
 
 Writes OUTPUT_DIR/v2_ablation.json and v2_ablation.md (a head table and a
 memory table). Stages run in this process (--subprocesses: one `python
@@ -396,9 +398,10 @@ def fit_to_budget(plan, budget_s=BUDGET_S):
              protocol={'few_label_epochs': tenth(epochs)})
 
 
-def make_plan(scale=1, quick=False):
-  """The default plan (fitted to BUDGET_S), a tiny --quick one, or --scale=N:
-  the default plan with N times its widths and epochs (for one GPU)."""
+def make_plan(scale=1, quick=False, machine='xeon'):
+  """The default plan (fitted to BUDGET_S on `machine`, a key of
+  plan_lib.MACHINE_SLOWDOWN), a tiny --quick one, or --scale=N: the default
+  plan with N times its widths and epochs (for one GPU)."""
   if quick:
     base = plan_lib.make_plan(quick=True)
     return AblationPlan(
@@ -408,7 +411,8 @@ def make_plan(scale=1, quick=False):
         learning_rates={f: base.finetune_learning_rates for f in FRACTIONS},
         # At least two steps' projections (quick batch 64).
         memory_sizes=(256, 1024), sweep_epochs=base.pretrain_epochs)
-  plan = fit_to_budget(full_design())
+  plan = fit_to_budget(full_design(),
+                       BUDGET_S / plan_lib.MACHINE_SLOWDOWN[machine])
   if scale == 1:
     return plan
   return dataclasses.replace(
@@ -697,7 +701,7 @@ def parse_args(argv):
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
-  plan = make_plan(args.scale, args.quick)
+  plan = make_plan(args.scale, args.quick, args.machine)
   estimate = plan.estimate_seconds()
   print('pretrain_epochs:', f'{plan.protocol.pretrain_epochs:g}',
         '(every full pretraining; the memory run: the same wall time)')
@@ -705,7 +709,7 @@ def main(argv=None):
   print('cuts:', json.dumps(list(plan.cuts)))
   print('steps:', json.dumps(plan.steps()))
   print('runs:', json.dumps(plan.runs()))
-  print(f'estimated wall time on 2 CPU cores: {estimate["total"] / 60:.0f} min')
+  experiment.print_estimate(estimate, args.machine)
   if args.plan_only:
     print(json.dumps(estimate, indent=1))
     return 0
@@ -719,7 +723,8 @@ def main(argv=None):
                   stages.model_dir(memory[arm]['stage'])).items()}
         for arm in ('plain', 'with_memory')}
     results.update(experiment.fraction_records(FRACTIONS),
-                   plan=plan.record(quick=args.quick))
+                   plan=plan.record(quick=args.quick,
+                                     budget_machine=args.machine))
     return results
 
   def finish(results, _):

@@ -246,7 +246,7 @@ def test_parameter_counts_are_those_of_the_built_networks(default_plan):
 
 # ---------------------------------------------------------------- the budget
 def test_plan_only_estimate_is_within_the_budget(capsys):
-  assert scaling.main(['--plan_only']) == 0
+  assert scaling.main(['--plan_only', '--machine=xeon']) == 0
   out = capsys.readouterr().out
   estimate = json.loads(out[out.index('\n{') + 1:])
   assert estimate['total'] <= scaling.BUDGET_S == 3600
@@ -381,7 +381,7 @@ def test_main_writes_the_keys_of_the_results(tmp_path, monkeypatch):
   fake_sizes = _fake_results()['sizes']
   monkeypatch.setattr(scaling, 'parameter_counts', lambda plan: fake_sizes)
   output = tmp_path / 'out'
-  assert scaling.main([f'--work_dir={tmp_path / "work"}',
+  assert scaling.main(['--machine=xeon', f'--work_dir={tmp_path / "work"}',
                        f'--output_dir={output}']) == 0
   results = json.loads((output / 'scaling.json').read_text())
   assert set(results['git']) == {'commit', 'uncommitted_changes_in_code'}
@@ -406,3 +406,34 @@ def test_main_writes_the_keys_of_the_results(tmp_path, monkeypatch):
   assert results['estimated_wall_time_s'] <= scaling.BUDGET_S
   assert (output / 'scaling.md').read_text().startswith('Test top-1')
   assert (output / 'scaling.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_machine_class_reads_the_cpu_vendor(tmp_path):
+  amd, intel = tmp_path / 'amd', tmp_path / 'intel'
+  amd.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: '
+                 'AMD EPYC\n')
+  intel.write_text('processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: '
+                   'Intel(R) Xeon(R) Platinum 8481C\n')
+  assert plan_lib.machine_class(str(amd)) == 'epyc'
+  assert plan_lib.machine_class(str(intel)) == 'xeon'
+  assert plan_lib.machine_class(str(tmp_path / 'missing')) == 'xeon'
+
+
+def test_a_slower_machine_gets_a_plan_fitted_to_its_own_budget(capsys):
+  """--machine=epyc: the plan fits BUDGET_S at the EPYC's slowdown (cutting
+  more than the Xeon's), and the estimate printed is the EPYC's."""
+  slowdown = plan_lib.MACHINE_SLOWDOWN['epyc']
+  assert slowdown > 1
+  xeon = scaling.make_scaling_plan(machine='xeon')
+  epyc = scaling.make_scaling_plan(machine='epyc')
+  assert epyc == scaling.fit_to_budget(scaling.full_design(),
+                                       scaling.BUDGET_S / slowdown)
+  assert len(epyc.cuts) > len(xeon.cuts)
+  assert (epyc.estimate_seconds()['total'] <
+          xeon.estimate_seconds()['total'])
+  assert scaling.main(['--plan_only', '--machine=epyc']) == 0
+  out = capsys.readouterr().out
+  estimate = json.loads(out[out.index('\n{') + 1:])
+  minutes = round(estimate['total'] * slowdown / 60)
+  assert (f'estimated wall time on 2 CPU cores: {minutes} min on a 2-core '
+          'AMD EPYC') in out

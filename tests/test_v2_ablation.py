@@ -321,7 +321,7 @@ def test_nothing_is_chosen_on_test(default_plan, tmp_path):
 
 # ---------------------------------------------------------------- the budget
 def test_plan_only_estimate_is_within_the_budget(capsys):
-  assert v2_ablation.main(['--plan_only']) == 0
+  assert v2_ablation.main(['--plan_only', '--machine=xeon']) == 0
   out = capsys.readouterr().out
   estimate = json.loads(out[out.index('\n{') + 1:])
   assert estimate['total'] <= v2_ablation.BUDGET_S == 3600
@@ -414,7 +414,7 @@ def test_main_writes_the_keys_of_the_results(tmp_path, monkeypatch):
   monkeypatch.setattr(stages_lib, 'Stages',
                       lambda work_dir, **_: _FakeStages(work_dir))
   output = tmp_path / 'out'
-  assert v2_ablation.main([f'--work_dir={tmp_path / "work"}',
+  assert v2_ablation.main(['--machine=xeon', f'--work_dir={tmp_path / "work"}',
                            f'--output_dir={output}']) == 0
   results = json.loads((output / 'v2_ablation.json').read_text())
   assert set(results['git']) == {'commit', 'uncommitted_changes_in_code'}

@@ -34,9 +34,32 @@ def parse_args(argv, description, plan_only_help, add_flags=None):
                       help='run every stage as its own `python run.py` '
                       'process (slower: start-up per stage)')
   parser.add_argument('--plan_only', action='store_true', help=plan_only_help)
+  parser.add_argument('--machine', default='auto',
+                      choices=('auto',) + tuple(plan_lib.MACHINE_SLOWDOWN),
+                      help='the machine class the time estimate (and a '
+                      'budget-fitted plan) is for: xeon (the measured rates\' '
+                      '2-core Intel Xeon), epyc (a 2-core AMD EPYC, slower by '
+                      'plan.MACHINE_SLOWDOWN) or auto (this machine\'s)')
   if add_flags:
     add_flags(parser)
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.machine == 'auto':
+    args.machine = plan_lib.machine_class()
+  return args
+
+
+def print_estimate(estimate, machine):
+  """The estimate's line: on the rates' machine, and on `machine` when it is
+  another class. Returns the seconds expected on `machine`."""
+  total = estimate['total'] * plan_lib.MACHINE_SLOWDOWN[machine]
+  line = (f'estimated wall time on 2 CPU cores: {total / 60:.0f} min on a '
+          f'{plan_lib.MACHINE_TITLES[machine]}')
+  if machine != 'xeon':
+    line += (f' ({estimate["total"] / 60:.0f} min on a '
+             f'{plan_lib.MACHINE_TITLES["xeon"]}, x '
+             f'{plan_lib.MACHINE_SLOWDOWN[machine]:g})')
+  print(line)
+  return total
 
 
 def fraction_records(fractions, num_train=plan_lib.NUM_TRAIN):
@@ -71,7 +94,9 @@ def run_experiment(script, argv, args, estimate, run, finish,
   results.update({
       'wall_time_s': stages.timings(),
       'total_wall_time_s': time.time() - started,
-      'estimated_wall_time_s': estimate['total'],
+      'estimated_wall_time_s': (estimate['total'] *
+                                plan_lib.MACHINE_SLOWDOWN[args.machine]),
+      'estimate_machine': args.machine,
       'command': shlex.join(['python', script, *argv]),
       'git': report.git_info(code_paths),
       'machine': report.machine_info(),

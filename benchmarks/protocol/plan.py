@@ -293,6 +293,27 @@ ANCHORS_S = 60.0  # Logistic regression and kNN on pixels (90 s on the EPYC).
 # the EPYC (evidence: benchmarks/README.md).
 FEATURE_LOGREG_S = 80.0
 
+# The estimate's machine classes. RATES are the Xeon's; on the pool's other
+# class, a 2-core AMD EPYC with AVX2 only, committed runs took longer than
+# their estimates by MACHINE_SLOWDOWN (wall time / estimate): scaling.py at
+# 2744465, 4 885 s against 3 569 s (benchmarks/results/scaling.json).
+MACHINE_SLOWDOWN = {'xeon': 1.0, 'epyc': 1.37}
+MACHINE_TITLES = {'xeon': '2-core Intel Xeon (the rates\' machine)',
+                  'epyc': '2-core AMD EPYC (AVX2)'}
+
+
+def machine_class(cpuinfo_path='/proc/cpuinfo'):
+  """'epyc' on an AMD CPU, 'xeon' otherwise (also when /proc/cpuinfo cannot
+  be read): the MACHINE_SLOWDOWN key of this machine."""
+  try:
+    with open(cpuinfo_path) as f:
+      for line in f:
+        if line.startswith('vendor_id'):
+          return 'epyc' if 'AMD' in line.split(':', 1)[1] else 'xeon'
+  except OSError:
+    pass
+  return 'xeon'
+
 
 def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
   """Expected wall time, {part: seconds} plus 'total'."""
