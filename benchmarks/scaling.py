@@ -41,7 +41,7 @@ per final model (protocol.few_label_arm and protocol.student_arm, as the
 protocol reads it).
 
 Budget: the estimate (ScalingPlan.estimate_seconds: the protocol's measured
-images/s at width 1/8, scaled per width by WIDTH_COSTS, plus RUN_OVERHEAD_S
+images/s at width 1/8, scaled per width by plan_lib.WIDTH_COSTS, plus RUN_OVERHEAD_S
 per run) must be <= BUDGET_S on 2 CPU cores of --machine's class (the rates'
 Xeon, or an AMD EPYC at plan_lib.MACHINE_SLOWDOWN; auto: this machine's, so
 the EPYC's plan cuts more). Cuts, in this order, each only
@@ -53,7 +53,7 @@ the arm's 1 % choice reused; (4) self-distillation at label seed 0 only. With
 the constants of this file the Xeon's plan takes cuts (1) and (2): 3
 pretraining epochs for every size (the protocol's 12 would add about 38
 minutes, 22 of them the largest size's) and 7 few-label epochs at 10 %
-(from 10), for an estimate of 3 569 s; the EPYC's takes all four (64 min
+(from 10), for an estimate of 3 569 s; the EPYC's takes all four (63 min
 there); `--plan_only` prints the cuts taken.
 
 Writes OUTPUT_DIR/scaling.json, scaling.md and scaling.png (top-1 against
@@ -130,50 +130,10 @@ RUN_OVERHEAD_S = 8.0
 # the Xeon the protocol's RATES are from (about 2x faster); scaled per width
 # as a few-label image.
 PRETRAIN_KNN_EVAL_S = 20.0
-# The time of a training image at a width over its time at the protocol's
-# width (1/8), keyed by width / (1/8 * scale). Measured (benchmarks/README.md):
-# a 1/4-width pretraining epoch costs 2.5x, a 1/4-width few-label step
-# 2.0-2.4x (2.2 taken). Width 1/16 costs about as much as 1/8 (the narrow
-# step is overhead-bound): 260 against 267 ms per pretraining step at batch
-# 256, python -m tf_simclr.benchmark on a 2-core AMD EPYC (docs/performance.md).
-WIDTH_1_16_COST = 0.97
-WIDTH_COSTS = {
-    'pretrain': {0.5: WIDTH_1_16_COST, 1.0: 1.0, 2.0: 2.5},
-    'few_label': {0.5: WIDTH_1_16_COST, 1.0: 1.0, 2.0: 2.2},
-}
-# A distillation image costs the teacher's forward pass and the student's
-# training step; a forward pass is taken as a third of a training step (so
-# the protocol's measured self-distillation rate, teacher and student at
-# 1/8, is RATES['distill'] exactly; its half-width student, 1/8 -> 1/16,
-# comes out at 1 470 images/s against 1 550 measured).
-TEACHER_FORWARD_SHARE = 1 / 3
-
-
-def width_cost(kind, width, scale=1):
-  """WIDTH_COSTS[kind] at `width`, a network `scale` times as wide as the
-  protocol's at scale 1."""
-  ratio = width / (plan_lib.Plan.width * scale)
-  costs = WIDTH_COSTS[kind]
-  for known, cost in costs.items():
-    if abs(known - ratio) < 1e-9:
-      return cost
-  raise ValueError(f'no cost of a {kind} image at width {width:g} '
-                   f'({ratio:g}x the protocol\'s): add it to WIDTH_COSTS')
-
-
 def run_overhead(width, scale=1):
   """RUN_OVERHEAD_S of a run at `width`: its validation pass scaled."""
   return RUN_OVERHEAD_S + plan_lib.FINAL_EVAL_EXTRA_S * (
-      width_cost('few_label', width, scale) - 1)
-
-
-def distill_rate(teacher_width, student_width, scale=1):
-  """Images/s of a distillation from a teacher of teacher_width into a
-  student of student_width (TEACHER_FORWARD_SHARE)."""
-  cost = (TEACHER_FORWARD_SHARE * width_cost('few_label', teacher_width, scale)
-          + width_cost('few_label', student_width, scale)) / (
-              TEACHER_FORWARD_SHARE + 1)
-  return plan_lib.RATES['distill'] / cost
+      plan_lib.width_cost('few_label', width, scale) - 1)
 
 
 # ---------------------------------------------------------------- the plan
@@ -303,13 +263,13 @@ class ScalingPlan:
     estimate = {}
     seeds = {f: len(s) for f, s in self.protocol.label_seeds.items()}
     for size in self.sizes:
-      few_cost = width_cost('few_label', size.width, self.scale)
+      few_cost = plan_lib.width_cost('few_label', size.width, self.scale)
       rates = dict(
           plan_lib.RATES,
-          pretrain=plan_lib.RATES['pretrain'] / width_cost(
+          pretrain=plan_lib.RATES['pretrain'] / plan_lib.width_cost(
               'pretrain', size.width, self.scale),
           few_label=plan_lib.RATES['few_label'] / few_cost,
-          distill=distill_rate(size.width, size.width, self.scale))
+          distill=plan_lib.distill_rate(size.width, size.width, self.scale))
       overhead = run_overhead(size.width, self.scale)
       protocol_parts = plan_lib.estimate_seconds(
           self.self_distill_plan(size), rates=rates, overhead=overhead)
@@ -338,11 +298,11 @@ class ScalingPlan:
       estimate[size.name] = part
     big = self.big_to_small_plan()
     estimate['big_to_small'] = plan_lib.estimate_seconds(
-        big, rates=dict(plan_lib.RATES, distill_small=distill_rate(
+        big, rates=dict(plan_lib.RATES, distill_small=plan_lib.distill_rate(
             self.largest.width, self.smallest.width, self.scale)),
         overhead=run_overhead(self.smallest.width, self.scale))[
             'distill_small'] + len(FRACTIONS) * (
-            plan_lib.FINAL_EVAL_EXTRA_S * width_cost(
+            plan_lib.FINAL_EVAL_EXTRA_S * plan_lib.width_cost(
                 'few_label', self.smallest.width, self.scale))
     estimate['total'] = estimate['big_to_small'] + sum(
         estimate[size.name]['total'] for size in self.sizes)

@@ -65,7 +65,12 @@ from benchmarks.protocol import report
 # pylint: enable=wrong-import-position
 
 
-def _memory_flags(parser):
+def _flags(parser):
+  parser.add_argument('--width', type=float, default=None,
+                      help='the network\'s width multiplier (default: the '
+                      'plan\'s, 1/8; the half-width student at half of it); '
+                      'the estimate scales the measured rates by '
+                      'plan.WIDTH_COSTS')
   parser.add_argument('--memory_size', type=int, default=0,
                       help='also run the simclr_memory arm with this buffer '
                       'size (0: not run)')
@@ -79,7 +84,7 @@ def _memory_flags(parser):
 def parse_args(argv):
   return experiment.parse_args(
       argv, __doc__.split('\n')[0],
-      'print the step counts and time estimate, run nothing', _memory_flags)
+      'print the step counts and time estimate, run nothing', _flags)
 
 
 def main(argv=None):
@@ -90,7 +95,11 @@ def main(argv=None):
     plan = dataclasses.replace(plan, memory_size=args.memory_size,
                                memory_momentum=args.memory_momentum,
                                memory_step_cost=args.memory_step_cost)
-  estimate = plan_lib.estimate_seconds(plan)
+  if args.width:
+    plan = dataclasses.replace(plan, width=args.width,
+                               student_width=args.width / 2)
+  estimate = plan_lib.estimate_seconds(
+      plan, rates=plan_lib.width_rates(plan, args.scale))
   print('steps:', json.dumps(plan.steps()))
   print('runs:', json.dumps(plan.runs()))
   experiment.print_estimate(estimate, args.machine)

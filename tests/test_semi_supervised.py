@@ -754,3 +754,26 @@ def test_experiment_records_and_a_failed_stage_is_one_line(tmp_path, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert err == ['e.py: pretrain failed (exit 1): see logs/x.log']
   assert not written
+
+
+def test_width_rates_scale_the_measured_rates_by_width():
+  """plan.width_rates: RATES at the protocol's widths; at width 1/4 the
+  pretraining image costs WIDTH_COSTS' 2.5x, the half-width student (1/8)
+  pretrains at the protocol's own measured 1/8 rate, and a distillation
+  image is a third of a teacher's step plus a student's."""
+  base = plan_lib.Plan()
+  assert plan_lib.width_rates(base) == pytest.approx(plan_lib.RATES)
+  wide = dataclasses.replace(base, width=0.25, student_width=0.125)
+  rates = plan_lib.width_rates(wide)
+  assert rates['pretrain'] == pytest.approx(940 / 2.5)
+  assert rates['pretrain_small'] == pytest.approx(plan_lib.RATES['pretrain'])
+  assert rates['few_label'] == pytest.approx(1200 / 2.2)
+  assert rates['distill'] == pytest.approx(1250 / 2.2)
+  # 1/4 -> 1/8 against the protocol's 1/8 -> 1/16: (2.2 / 3 + 1) against
+  # (1 / 3 + 0.97), per 4/3.
+  assert rates['distill_small'] == pytest.approx(
+      1550 * (1 / 3 + 0.97) / (2.2 / 3 + 1))
+  assert (plan_lib.estimate_seconds(wide, rates=rates)['total'] >
+          1.5 * plan_lib.estimate_seconds(base)['total'])
+  with pytest.raises(ValueError, match='WIDTH_COSTS'):
+    plan_lib.width_rates(dataclasses.replace(base, width=1.0))

@@ -293,6 +293,67 @@ ANCHORS_S = 60.0  # Logistic regression and kNN on pixels (90 s on the EPYC).
 # the EPYC (evidence: benchmarks/README.md).
 FEATURE_LOGREG_S = 80.0
 
+# The time of a training image at a width over its time at the protocol's
+# width (1/8), keyed by width / (1/8 * scale). Measured (benchmarks/README.md):
+# a 1/4-width pretraining epoch costs 2.5x, a 1/4-width few-label step
+# 2.0-2.4x (2.2 taken). A 1/16-width pretraining image costs 0.68x, the
+# ratio of RATES' two pretraining rates (940 / 1 380 images/s, Xeon; the
+# scaling run's 796 / 1 158 on the EPYC is 0.69x: benchmarks/results/
+# scaling.json); a 1/16-width few-label step about as much as at 1/8 (the
+# narrow step is overhead-bound: 260 against 267 ms per step at batch 256,
+# python -m tf_simclr.benchmark on a 2-core AMD EPYC, docs/performance.md).
+WIDTH_COSTS = {
+    'pretrain': {0.5: RATES['pretrain'] / RATES['pretrain_small'], 1.0: 1.0,
+                 2.0: 2.5},
+    'few_label': {0.5: 0.97, 1.0: 1.0, 2.0: 2.2},
+}
+# A distillation image costs the teacher's forward pass and the student's
+# training step; a forward pass is taken as a third of a training step (so
+# the protocol's measured self-distillation rate, teacher and student at
+# 1/8, is RATES['distill'] exactly; its half-width student, 1/8 -> 1/16,
+# comes out at 1 470 images/s against 1 550 measured).
+TEACHER_FORWARD_SHARE = 1 / 3
+
+
+def width_cost(kind, width, scale=1):
+  """WIDTH_COSTS[kind] at `width`, a network `scale` times as wide as the
+  protocol's at scale 1."""
+  ratio = width / (Plan.width * scale)
+  for known, cost in WIDTH_COSTS[kind].items():
+    if abs(known - ratio) < 1e-9:
+      return cost
+  raise ValueError(f'no cost of a {kind} image at width {width:g} '
+                   f'({ratio:g}x the protocol\'s): add it to WIDTH_COSTS')
+
+
+def distill_rate(teacher_width, student_width, scale=1):
+  """Images/s of a distillation from a teacher of teacher_width into a
+  student of student_width (TEACHER_FORWARD_SHARE)."""
+  cost = (TEACHER_FORWARD_SHARE * width_cost('few_label', teacher_width, scale)
+          + width_cost('few_label', student_width, scale)) / (
+              TEACHER_FORWARD_SHARE + 1)
+  return RATES['distill'] / cost
+
+
+def width_rates(plan, scale=1):
+  """RATES at `plan`'s widths (network and half-width student), by
+  WIDTH_COSTS from the protocol's (RATES itself at its widths, 1/8 and 1/16
+  times `scale`); the linear probe's forward pass as a few-label image."""
+  few = width_cost('few_label', plan.width, scale)
+  protocol_student = distill_rate(Plan.width * scale,
+                                  Plan.student_width * scale, scale)
+  return dict(
+      RATES,
+      pretrain=RATES['pretrain'] / width_cost('pretrain', plan.width, scale),
+      pretrain_small=RATES['pretrain'] / width_cost(
+          'pretrain', plan.student_width, scale),
+      few_label=RATES['few_label'] / few,
+      linear_probe=RATES['linear_probe'] / few,
+      distill=distill_rate(plan.width, plan.width, scale),
+      distill_small=RATES['distill_small'] * distill_rate(
+          plan.width, plan.student_width, scale) / protocol_student)
+
+
 # The estimate's machine classes. RATES are the Xeon's; on the pool's other
 # class, a 2-core AMD EPYC with AVX2 only, committed runs took longer than
 # their estimates by MACHINE_SLOWDOWN (wall time / estimate): scaling.py at
