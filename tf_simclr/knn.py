@@ -71,6 +71,13 @@ def extract_features(model, dataset, strategy=None, key=FEATURE_KEY,
   if max_examples is not None:
     dataset = dataset.unbatch().take(max_examples).batch(
         _batch_size(dataset))
+  replicas = strategy.num_replicas_in_sync
+  if replicas > 1:
+    # A batch smaller than the replicas leaves one an empty batch, which
+    # oneDNN's CPU convolution rejects: every batch is padded to a multiple
+    # of the replicas with label -1, and the padding dropped below.
+    dataset = dataset.map(lambda images, labels: _pad_batch(
+        images, labels, replicas))
   distributed = strategy.experimental_distribute_dataset(dataset)
 
   def replica_features(images, labels):
@@ -90,8 +97,19 @@ def extract_features(model, dataset, strategy=None, key=FEATURE_KEY,
     labels.extend(l.numpy() for l in batch_labels)
   if not features:
     return np.zeros((0, 0), np.float32), np.zeros((0,), np.int32)
-  return (np.concatenate(features).astype(np.float32),
-          np.concatenate(labels).astype(np.int32))
+  features, labels = np.concatenate(features), np.concatenate(labels)
+  kept = labels >= 0
+  return features[kept].astype(np.float32), labels[kept].astype(np.int32)
+
+
+def _pad_batch(images, labels, multiple):
+  """(images, labels) with rows appended (zero images, label -1) up to a
+  multiple of `multiple` examples."""
+  pad = tf.math.floormod(-tf.shape(images)[0], multiple)
+  images = tf.concat([images, tf.zeros(tf.concat(
+      [[pad], tf.shape(images)[1:]], 0), images.dtype)], 0)
+  labels = tf.concat([labels, -tf.ones([pad], labels.dtype)], 0)
+  return images, labels
 
 
 def _batch_size(dataset):
