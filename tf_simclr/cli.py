@@ -113,7 +113,7 @@ flags.DEFINE_integer('num_classes', 0, 'Classes of the supervised head (0: from 
 flags.DEFINE_bool('skip_bad_images', False, 'Skip (and count) unreadable images of an image_folder dataset instead of stopping.')
 flags.DEFINE_integer('knn_every_steps', 0, 'Pretraining: also log the weighted kNN accuracy (k 200, temperature 0.1, cosine on final_avg_pool; bank: the train split\'s labeled images, queries: --eval_split) every this many steps (0: only at evaluation).')
 flags.DEFINE_integer('knn_bank_size', 60000, 'At most this many labeled training images in the kNN bank.')
-flags.DEFINE_integer('memory_size', 0, 'Pretraining: SimCLRv2\'s memory of negatives, a FIFO buffer of this many projections of a momentum network used as extra negatives (0: off, plain SimCLR; the paper: 65536 at batch 4096). At least 2 x --train_batch_size.')
+flags.DEFINE_integer('memory_size', 0, 'Pretraining: SimCLRv2\'s memory of negatives, a FIFO buffer of this many projections of a momentum network used as extra negatives (0: off, plain SimCLR; the paper: 65536 at batch 4096). At least 2 x --train_batch_size. At CPU scale (ResNet-18 x1/8, batch 256, 12 epochs) none of 4096, 16384, 65536 with momentum 0.99 or 0.999 helped: leave 0 (docs/training.md; the least bad: 4096 with 0.999).')
 flags.DEFINE_float('memory_momentum', 0.999, 'Moving-average momentum of the memory network (the paper: 0.999).')
 flags.DEFINE_bool('deterministic', False, 'Fixed seeds and op determinism (slower; for reproducing runs).')
 flags.DEFINE_integer('seed', 0, 'Random seed with --deterministic.')
