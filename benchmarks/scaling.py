@@ -701,18 +701,15 @@ def main(argv=None):
 
   def run(stages):
     sizes = parameter_counts(plan)
-    results = run_scaling(plan, stages, stages.echo)
-    results.update(experiment.fraction_records(FRACTIONS), sizes=sizes,
-                   params_counted=PARAMS_COUNTED,
-                   plan=plan.record(quick=args.quick,
-                                     budget_machine=args.machine))
-    return results
+    return dict(run_scaling(plan, stages, stages.echo), sizes=sizes)
 
-  def finish(results, _):
-    return write_outputs(results, args.output_dir), markdown_table(results)
-
-  return experiment.run_experiment('benchmarks/scaling.py', argv, args,
-                                   estimate, run, finish, CODE_PATHS)
+  return experiment.run_experiment(
+      'benchmarks/scaling.py', argv, args, estimate, run,
+      experiment.writer(write_outputs, markdown_table, args.output_dir),
+      CODE_PATHS, records={
+          **experiment.fraction_records(FRACTIONS),
+          'params_counted': PARAMS_COUNTED,
+          'plan': plan.record(quick=args.quick, budget_machine=args.machine)})
 
 
 if __name__ == '__main__':

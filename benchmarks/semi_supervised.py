@@ -108,20 +108,19 @@ def main(argv=None):
     return 0
 
   def run(stages):
-    results = protocol.run_protocol(plan, stages, stages.echo)
-    results.update(
-        experiment.fraction_records(plan_lib.FRACTIONS, plan.num_train),
-        plan=plan_lib.plan_record(plan, quick=args.quick, scale=args.scale),
-        work_dir=stages.work_dir)
-    return results
+    return dict(protocol.run_protocol(plan, stages, stages.echo),
+                work_dir=stages.work_dir)
 
   def finish(results, stages):
     curves = report.read_scalars(stages.model_dir('pretrain'))
     paths = report.write_outputs(results, curves, args.output_dir)
     return paths, report.markdown_table(results)
 
-  return experiment.run_experiment('benchmarks/semi_supervised.py', argv,
-                                   args, estimate, run, finish)
+  return experiment.run_experiment(
+      'benchmarks/semi_supervised.py', argv, args, estimate, run, finish,
+      records=dict(
+          experiment.fraction_records(plan_lib.FRACTIONS, plan.num_train),
+          plan=plan_lib.plan_record(plan, quick=args.quick, scale=args.scale)))
 
 
 if __name__ == '__main__':

@@ -722,16 +722,15 @@ def main(argv=None):
               report.read_scalars(
                   stages.model_dir(memory[arm]['stage'])).items()}
         for arm in ('plain', 'with_memory')}
-    results.update(experiment.fraction_records(FRACTIONS),
-                   plan=plan.record(quick=args.quick,
-                                     budget_machine=args.machine))
     return results
 
-  def finish(results, _):
-    return write_outputs(results, args.output_dir), markdown_table(results)
-
-  return experiment.run_experiment('benchmarks/v2_ablation.py', argv, args,
-                                   estimate, run, finish, CODE_PATHS)
+  records = dict(experiment.fraction_records(FRACTIONS),
+                 plan=plan.record(quick=args.quick,
+                                  budget_machine=args.machine))
+  return experiment.run_experiment(
+      'benchmarks/v2_ablation.py', argv, args, estimate, run,
+      experiment.writer(write_outputs, markdown_table, args.output_dir),
+      CODE_PATHS, records)
 
 
 if __name__ == '__main__':

@@ -70,10 +70,17 @@ def fraction_records(fractions, num_train=plan_lib.NUM_TRAIN):
                              for f in fractions}}
 
 
+def writer(write_outputs, markdown_table, output_dir):
+  """A run_experiment `finish` that writes write_outputs(results,
+  output_dir) and prints markdown_table(results)."""
+  return lambda results, _: (write_outputs(results, output_dir),
+                             markdown_table(results))
+
+
 def run_experiment(script, argv, args, estimate, run, finish,
-                   code_paths=report.CODE_PATHS):
+                   code_paths=report.CODE_PATHS, records=None):
   """Runs run(stages) -> results in args.work_dir (a new temporary directory
-  by default), adds the records every experiment keeps, then
+  by default), adds `records` and the ones every experiment keeps, then
   finish(results, stages) -> ({name: path} written, markdown to print).
   Returns the exit status: 1, with one line on stderr, if a stage failed."""
   name = os.path.basename(script)
@@ -91,6 +98,7 @@ def run_experiment(script, argv, args, estimate, run, finish,
   except stages_lib.StageFailed as error:
     print(f'{name}: {error}', file=sys.stderr)
     return 1
+  results.update(records or {})
   results.update({
       'wall_time_s': stages.timings(),
       'total_wall_time_s': time.time() - started,
