@@ -722,8 +722,8 @@ def test_experiment_records_and_a_failed_stage_is_one_line(tmp_path, capsys):
   """benchmarks/protocol/experiment.run_experiment: the records every
   results JSON carries, and a failed stage as one line and exit status 1
   with nothing written."""
-  args = experiment.parse_args([f'--work_dir={tmp_path}', '--output_dir=x'],
-                               'test', 'plan only')
+  args = experiment.parse_args([f'--work_dir={tmp_path}', '--output_dir=x',
+                                '--machine=epyc'], 'test', 'plan only')
   written = {}
 
   def finish(results, stages):
@@ -738,7 +738,10 @@ def test_experiment_records_and_a_failed_stage_is_one_line(tmp_path, capsys):
   assert experiment.run_experiment('benchmarks/e.py', argv, args,
                                    {'total': 12.0}, run, finish) == 0
   assert written['top_1'] == 0.5 and written['work_dir'] == str(tmp_path)
-  assert written['estimated_wall_time_s'] == 12.0
+  # The estimate on the machine class asked for.
+  assert written['estimated_wall_time_s'] == pytest.approx(
+      12.0 * plan_lib.MACHINE_SLOWDOWN['epyc'])
+  assert written['estimate_machine'] == 'epyc'
   assert written['command'] == 'python benchmarks/e.py --work_dir=w --plan_only=0'
   assert 0 <= written['total_wall_time_s'] < 60
   assert set(written['git']) >= {'commit', 'uncommitted_changes_in_code'}
