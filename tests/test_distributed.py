@@ -280,3 +280,32 @@ def test_cpu_model_name_reads_cpuinfo_or_falls_back(tmp_path):
   cpuinfo.write_text('processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t: fpu\n')
   assert distribute.cpu_model_name('x', str(cpuinfo)) == 'AMD EPYC 9B14'
   assert distribute.cpu_model_name('x', str(tmp_path / 'missing')) == 'x'
+
+
+@pytest.mark.slow  # Two run.py processes, about 80 s.
+def test_evaluation_with_a_replica_left_an_empty_last_batch(tmp_path):
+  """run.py --strategy=mirrored --cpu_replicas=2 evaluating a split whose
+  last global step gives one replica no images (the synthetic test split,
+  256 images at 7 per replica: 37 batches): it counts every image once and
+  scores as a one-device evaluation of the same checkpoint does."""
+  model_dir = str(tmp_path / 'finetune')
+  common = [sys.executable, os.path.join(REPO_ROOT, 'run.py'),
+            '--train_mode=finetune', '--dataset=synthetic', '--image_size=32',
+            '--resnet_depth=18', '--width_multiplier=0.0625',
+            '--train_batch_size=8', '--eval_batch_size=14', '--train_steps=1',
+            '--eval_split=test', '--export=false', f'--model_dir={model_dir}']
+  # oneDNN on, as run.py sets it: its CPU convolution rejects an empty batch.
+  env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS='1')
+  for extra in (['--strategy=mirrored', '--cpu_replicas=2',
+                 '--checkpoint=scratch', '--mode=train_then_eval'],
+                ['--mode=eval', '--eval_name=one_device']):
+    completed = subprocess.run(common + extra, capture_output=True, text=True,
+                               timeout=600, check=False, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+  with open(os.path.join(model_dir, 'result.json')) as f:
+    mirrored = json.load(f)
+  with open(os.path.join(model_dir, 'result_one_device.json')) as f:
+    one_device = json.load(f)
+  assert mirrored['num_examples'] == one_device['num_examples'] == 256
+  for key in ('label_top_1_accuracy', 'label_top_5_accuracy'):
+    assert mirrored[key] == pytest.approx(one_device[key], abs=1e-6)

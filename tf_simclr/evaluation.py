@@ -81,7 +81,7 @@ def _eval_functions(model, strategy, num_classes, teacher):
 
   model_ref = weakref.ref(model)
 
-  def replica_eval(images, labels):
+  def update(images, labels):
     logits = model_ref()(images, training=False)[model_lib.LOGITS_SUP]
     top_1.update_state(labels, logits)
     top_5.update_state(labels, logits)
@@ -89,6 +89,14 @@ def _eval_functions(model, strategy, num_classes, teacher):
     if teacher is not None:
       agreement.update_state(tf.cast(tf.equal(
           tf.argmax(logits, -1), tf.argmax(teacher(images), -1)), tf.float32))
+    return tf.constant(True)
+
+  def replica_eval(images, labels):
+    # At the end of a split a replica may get an empty batch (the other has
+    # the last one), which oneDNN's CPU convolution rejects: it adds nothing.
+    # Inference runs no cross-replica op, so replicas may take either branch.
+    tf.cond(tf.shape(images)[0] > 0, lambda: update(images, labels),
+            lambda: tf.constant(False))
 
   @tf.function
   def eval_loop(iterator, num_steps):
