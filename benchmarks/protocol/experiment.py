@@ -50,8 +50,8 @@ def parse_args(argv, description, plan_only_help, add_flags=None):
 
 def print_estimate(estimate, machine):
   """The estimate's line: on the rates' machine, and on `machine` when it is
-  another class. Returns the seconds expected on `machine`."""
-  total = estimate['total'] * plan_lib.MACHINE_SLOWDOWN[machine]
+  another class."""
+  total = plan_lib.machine_seconds(estimate['total'], machine)
   line = (f'estimated wall time on 2 CPU cores: {total / 60:.0f} min on a '
           f'{plan_lib.MACHINE_TITLES[machine]}')
   if machine != 'xeon':
@@ -59,7 +59,6 @@ def print_estimate(estimate, machine):
              f'{plan_lib.MACHINE_TITLES["xeon"]}, x '
              f'{plan_lib.MACHINE_SLOWDOWN[machine]:g})')
   print(line)
-  return total
 
 
 def fraction_records(fractions, num_train=plan_lib.NUM_TRAIN):
@@ -102,8 +101,8 @@ def run_experiment(script, argv, args, estimate, run, finish,
   results.update({
       'wall_time_s': stages.timings(),
       'total_wall_time_s': time.time() - started,
-      'estimated_wall_time_s': (estimate['total'] *
-                                plan_lib.MACHINE_SLOWDOWN[args.machine]),
+      'estimated_wall_time_s': plan_lib.machine_seconds(estimate['total'],
+                                                        args.machine),
       'estimate_machine': args.machine,
       'command': shlex.join(['python', script, *argv]),
       'git': report.git_info(code_paths),

@@ -363,6 +363,11 @@ MACHINE_TITLES = {'xeon': '2-core Intel Xeon (the rates\' machine)',
                   'epyc': '2-core AMD EPYC (AVX2)'}
 
 
+def machine_seconds(seconds, machine):
+  """An estimate of `seconds` on the rates' Xeon, on `machine`'s class."""
+  return seconds * MACHINE_SLOWDOWN[machine]
+
+
 def machine_class(cpuinfo_path='/proc/cpuinfo'):
   """'epyc' on an AMD CPU, 'xeon' otherwise (also when /proc/cpuinfo cannot
   be read): the MACHINE_SLOWDOWN key of this machine."""
