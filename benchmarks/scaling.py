@@ -44,7 +44,7 @@ Budget: the estimate (ScalingPlan.estimate_seconds: the protocol's measured
 images/s at width 1/8, scaled per width by plan_lib.WIDTH_COSTS, plus RUN_OVERHEAD_S
 per run) must be <= BUDGET_S on 2 CPU cores of --machine's class (the rates'
 Xeon, or an AMD EPYC at plan_lib.MACHINE_SLOWDOWN; auto: this machine's, so
-the EPYC's plan cuts more). Cuts, in this order, each only
+a slower class's plan cuts more, a faster one's less). Cuts, in this order, each only
 when the ones before did not fit (fit_to_budget; the plan's `cuts` lists
 those taken, scaling.json's `plan.cuts` too): (1) pretraining epochs, from
 the protocol's 12 down in steps of 0.5, not below 3; (2) the 10 % fraction's
@@ -264,15 +264,11 @@ class ScalingPlan:
     seeds = {f: len(s) for f, s in self.protocol.label_seeds.items()}
     for size in self.sizes:
       few_cost = plan_lib.width_cost('few_label', size.width, self.scale)
-      rates = dict(
-          plan_lib.RATES,
-          pretrain=plan_lib.RATES['pretrain'] / plan_lib.width_cost(
-              'pretrain', size.width, self.scale),
-          few_label=plan_lib.RATES['few_label'] / few_cost,
-          distill=plan_lib.distill_rate(size.width, size.width, self.scale))
+      distill_plan = self.self_distill_plan(size)
+      rates = plan_lib.width_rates(distill_plan, self.scale, student=False)
       overhead = run_overhead(size.width, self.scale)
       protocol_parts = plan_lib.estimate_seconds(
-          self.self_distill_plan(size), rates=rates, overhead=overhead)
+          distill_plan, rates=rates, overhead=overhead)
       plan = self.size_plan(size)
       steps = plan.steps()
       part = {'pretrain': protocol_parts['pretrain'] +

@@ -241,3 +241,29 @@ def test_precision_hint_is_measured_and_only_for_long_float32_runs(
   monkeypatch.setattr(precision, 'time_part', lambda shape, policy, *a, **k: (
       1.0 if policy == 'float32' else 0.99))
   assert precision.hint_for_run(config, False, 10**6, True) is None
+
+
+def test_the_probe_times_the_batch_one_replica_sees_per_step(monkeypatch):
+  """probe_batch: per-replica images per step (views included), capped at
+  PROBE_MAX_BATCH; choose_for_run and hint_for_run time every part at it."""
+  def config(batch):
+    return config_lib.Config(**dict(TINY, model_dir='unused',
+                                    train_batch_size=batch)).validate()
+  assert precision.probe_batch(config(64), 1, 2) == 128
+  assert precision.probe_batch(config(64), 2, 1) == 32
+  assert precision.probe_batch(config(96), 4, 2) == 48
+  assert precision.probe_batch(config(4096), 1, 1) == precision.PROBE_MAX_BATCH
+  batches = []
+
+  def fake_time(shape, policy, cifar_stem, sk_ratio, se_ratio, batch):
+    batches.append(batch)
+    return 1.0 if policy == 'float32' else 0.5
+  monkeypatch.setattr(precision, 'time_part', fake_time)
+  bfloat16 = config_lib.Config(**dict(
+      TINY, model_dir='unused', precision='bfloat16')).validate()
+  assert precision.choose_for_run(bfloat16, False, batch=48) == [
+      'mixed_bfloat16'] * 5
+  assert batches == [48] * 10
+  batches.clear()
+  assert precision.hint_for_run(config(64), False, 10**6, True, batch=80)
+  assert batches == [80] * 10

@@ -409,12 +409,18 @@ def test_main_writes_the_keys_of_the_results(tmp_path, monkeypatch):
 
 
 def test_machine_class_reads_the_cpu_vendor(tmp_path):
-  amd, intel = tmp_path / 'amd', tmp_path / 'intel'
+  amd, zen4, intel = (tmp_path / name for name in ('amd', 'zen4', 'intel'))
   amd.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: '
-                 'AMD EPYC\n')
+                 'AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n')
+  # Two processors: the first one's lines decide.
+  zen4.write_text(('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel '
+                   'name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f '
+                   'avx512_bf16\n\n') * 2)
   intel.write_text('processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: '
-                   'Intel(R) Xeon(R) Platinum 8481C\n')
+                   'Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: avx512f '
+                   'amx_tile\n')
   assert plan_lib.machine_class(str(amd)) == 'epyc'
+  assert plan_lib.machine_class(str(zen4)) == 'epyc_avx512'
   assert plan_lib.machine_class(str(intel)) == 'xeon'
   assert plan_lib.machine_class(str(tmp_path / 'missing')) == 'xeon'
 

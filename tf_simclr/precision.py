@@ -6,8 +6,9 @@ emulated path 20-35x slower than float32's; with AVX-512 BF16 or AMX, narrow
 layers (8-64 channels) lose and wide ones win (docs/performance.md). So a
 bfloat16 run on a CPU times, once per process and shape, one block of each
 part of the backbone (the stem and the 4 block groups) forward and backward
-in both precisions on a small batch, and computes each part in the faster
-one: float32 layers inside the bfloat16 policy where bfloat16 loses. The heads
+in both precisions on the run's batch per replica (views included, at most
+PROBE_MAX_BATCH images: small batches favour float32, whose kernels have less
+fixed cost per call), and computes each part in the faster one: float32 layers inside the bfloat16 policy where bfloat16 loses. The heads
 keep the run's policy. Variables are float32 either way, so checkpoints do
 not change.
 """
@@ -23,7 +24,11 @@ from tf_simclr import resnet
 
 # bfloat16 must be at least this much faster to be chosen (timing noise).
 MARGIN = 0.95
-PROBE_BATCH = 32
+PROBE_BATCH = 32  # When the caller gives no batch.
+# The probe's largest batch: its seconds grow with the batch, and beyond a
+# few hundred 28 px images a part's float32 / bfloat16 ratio no longer moves
+# (docs/performance.md).
+PROBE_MAX_BATCH = 256
 PROBE_REPEATS = 3
 _MEASURED = {}  # (part shape, batch, policy) -> seconds
 
@@ -136,17 +141,28 @@ def speedup(timings):
   return float32 / best if best else 1.0
 
 
-def choose_for_run(config, on_accelerator):
+def probe_batch(config, replicas, views):
+  """The probe's batch for a run: the images one replica's backbone sees per
+  step (`views` augmented views per image), at most PROBE_MAX_BATCH."""
+  return max(1, min(PROBE_MAX_BATCH,
+                    config.train_batch_size // max(1, replicas) * views))
+
+
+def _run_part_policies(config, batch):
+  return part_policies(
+      config.resnet_depth, config.width_multiplier, config.image_size,
+      architecture.uses_cifar_stem(config.image_size), config.sk_ratio,
+      config.se_ratio, batch)
+
+
+def choose_for_run(config, on_accelerator, batch=PROBE_BATCH):
   """The backbone's part policies for a run.py Config, or None (the global
-  policy everywhere): measured on a CPU for --precision=bfloat16 with
-  --bfloat16_parts=measured."""
+  policy everywhere): measured on a CPU (at `batch`, probe_batch's) for
+  --precision=bfloat16 with --bfloat16_parts=measured."""
   if (config.precision != 'bfloat16' or on_accelerator or
       config.bfloat16_parts != 'measured'):
     return None
-  policies, timings = part_policies(
-      config.resnet_depth, config.width_multiplier, config.image_size,
-      architecture.uses_cifar_stem(config.image_size), config.sk_ratio,
-      config.se_ratio)
+  policies, timings = _run_part_policies(config, batch)
   logging.info(describe(policies, timings))
   return policies
 
@@ -158,18 +174,16 @@ HINT_MIN_STEPS = 1000
 HINT_MIN_SPEEDUP = 1.1
 
 
-def hint_for_run(config, on_accelerator, total_steps, cpu_has_bfloat16):
-  """A line recommending --precision=bfloat16 when the probe measures the
-  backbone at least HINT_MIN_SPEEDUP faster with it on this CPU, else None
-  (also None without measuring: not float32, an accelerator, no bfloat16
-  instructions, or a run shorter than HINT_MIN_STEPS)."""
+def hint_for_run(config, on_accelerator, total_steps, cpu_has_bfloat16,
+                 batch=PROBE_BATCH):
+  """A line recommending --precision=bfloat16 when the probe (at `batch`)
+  measures the backbone at least HINT_MIN_SPEEDUP faster with it on this CPU,
+  else None (also None without measuring: not float32, an accelerator, no
+  bfloat16 instructions, or a run shorter than HINT_MIN_STEPS)."""
   if (config.precision != 'float32' or on_accelerator or
       not cpu_has_bfloat16 or total_steps < HINT_MIN_STEPS):
     return None
-  policies, timings = part_policies(
-      config.resnet_depth, config.width_multiplier, config.image_size,
-      architecture.uses_cifar_stem(config.image_size), config.sk_ratio,
-      config.se_ratio)
+  policies, timings = _run_part_policies(config, batch)
   gain = speedup(timings)
   if gain < HINT_MIN_SPEEDUP:
     return None

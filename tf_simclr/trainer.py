@@ -155,8 +155,10 @@ class Trainer:
         self.checkpoint_interval, 100)
     distribute.set_precision_policy(config.precision)
     with self.phases('precision_probe'):
+      self.probe_batch = precision_lib.probe_batch(
+          config, strategy.num_replicas_in_sync, self.stage.views)
       self.part_policies = precision_lib.choose_for_run(
-          config, distribute.runs_on_accelerator(strategy))
+          config, distribute.runs_on_accelerator(strategy), self.probe_batch)
       if self.part_policies and 'mixed_bfloat16' not in self.part_policies:
         # No part of the backbone gains: the whole model computes in float32.
         distribute.set_precision_policy('float32')
@@ -464,7 +466,8 @@ class Trainer:
     with self.phases('precision_probe'):
       hint = precision_lib.hint_for_run(
           config, distribute.runs_on_accelerator(self.strategy),
-          self.total_steps - step, distribute.cpu_has_fast_bfloat16())
+          self.total_steps - step, distribute.cpu_has_fast_bfloat16(),
+          self.probe_batch)
     if hint:
       logging.info(hint)
     if self.is_chief and step == 0 and config.summary_images:

@@ -38,8 +38,9 @@ def parse_args(argv, description, plan_only_help, add_flags=None):
                       choices=('auto',) + tuple(plan_lib.MACHINE_SLOWDOWN),
                       help='the machine class the time estimate (and a '
                       'budget-fitted plan) is for: xeon (the measured rates\' '
-                      '2-core Intel Xeon), epyc (a 2-core AMD EPYC, slower by '
-                      'plan.MACHINE_SLOWDOWN) or auto (this machine\'s)')
+                      '2-core Intel Xeon), epyc (a 2-core AMD EPYC with AVX2 '
+                      'only), epyc_avx512 (one with AVX-512), each at its '
+                      'plan.MACHINE_SLOWDOWN, or auto (this machine\'s)')
   if add_flags:
     add_flags(parser)
   args = parser.parse_args(argv)

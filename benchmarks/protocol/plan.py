@@ -335,32 +335,39 @@ def distill_rate(teacher_width, student_width, scale=1):
   return RATES['distill'] / cost
 
 
-def width_rates(plan, scale=1):
-  """RATES at `plan`'s widths (network and half-width student), by
-  WIDTH_COSTS from the protocol's (RATES itself at its widths, 1/8 and 1/16
-  times `scale`); the linear probe's forward pass as a few-label image."""
+def width_rates(plan, scale=1, student=True):
+  """RATES at `plan`'s widths (network and, with `student`, its half-width
+  student), by WIDTH_COSTS from the protocol's (RATES itself at its widths,
+  1/8 and 1/16 times `scale`); the linear probe's forward pass as a few-label
+  image. Without `student` the student's rates are RATES' own (for plans
+  that train no student, whose half width WIDTH_COSTS may not know)."""
   few = width_cost('few_label', plan.width, scale)
-  protocol_student = distill_rate(Plan.width * scale,
-                                  Plan.student_width * scale, scale)
-  return dict(
+  rates = dict(
       RATES,
       pretrain=RATES['pretrain'] / width_cost('pretrain', plan.width, scale),
-      pretrain_small=RATES['pretrain'] / width_cost(
-          'pretrain', plan.student_width, scale),
       few_label=RATES['few_label'] / few,
       linear_probe=RATES['linear_probe'] / few,
-      distill=distill_rate(plan.width, plan.width, scale),
-      distill_small=RATES['distill_small'] * distill_rate(
-          plan.width, plan.student_width, scale) / protocol_student)
+      distill=distill_rate(plan.width, plan.width, scale))
+  if student:
+    protocol_student = distill_rate(Plan.width * scale,
+                                    Plan.student_width * scale, scale)
+    rates.update(
+        pretrain_small=RATES['pretrain'] / width_cost(
+            'pretrain', plan.student_width, scale),
+        distill_small=RATES['distill_small'] * distill_rate(
+            plan.width, plan.student_width, scale) / protocol_student)
+  return rates
 
 
-# The estimate's machine classes. RATES are the Xeon's; on the pool's other
-# class, a 2-core AMD EPYC with AVX2 only, committed runs took longer than
-# their estimates by MACHINE_SLOWDOWN (wall time / estimate): scaling.py at
-# 2744465, 4 885 s against 3 569 s (benchmarks/results/scaling.json).
-MACHINE_SLOWDOWN = {'xeon': 1.0, 'epyc': 1.37}
+# The estimate's machine classes. RATES are the Xeon's; on the pool's AMD
+# EPYCs, committed runs took wall time / estimate = MACHINE_SLOWDOWN of it:
+# scaling.py at 2744465 on one with AVX2 only, 4 885 s against 3 569 s; at
+# 99f79d2 on one with AVX-512 (Zen 4), 2045 s against 2766 s
+# (benchmarks/results/scaling.json, git history).
+MACHINE_SLOWDOWN = {'xeon': 1.0, 'epyc': 1.37, 'epyc_avx512': 0.74}
 MACHINE_TITLES = {'xeon': '2-core Intel Xeon (the rates\' machine)',
-                  'epyc': '2-core AMD EPYC (AVX2)'}
+                  'epyc': '2-core AMD EPYC (AVX2)',
+                  'epyc_avx512': '2-core AMD EPYC (AVX-512)'}
 
 
 def machine_seconds(seconds, machine):
@@ -369,16 +376,25 @@ def machine_seconds(seconds, machine):
 
 
 def machine_class(cpuinfo_path='/proc/cpuinfo'):
-  """'epyc' on an AMD CPU, 'xeon' otherwise (also when /proc/cpuinfo cannot
-  be read): the MACHINE_SLOWDOWN key of this machine."""
+  """This machine's MACHINE_SLOWDOWN key: on an AMD CPU 'epyc_avx512' when
+  its flags include avx512f, else 'epyc'; 'xeon' otherwise (also when
+  /proc/cpuinfo cannot be read)."""
+  vendor = flags = ''
   try:
     with open(cpuinfo_path) as f:
       for line in f:
-        if line.startswith('vendor_id'):
-          return 'epyc' if 'AMD' in line.split(':', 1)[1] else 'xeon'
+        name, _, value = line.partition(':')
+        if name.strip() == 'vendor_id' and not vendor:
+          vendor = value
+        elif name.strip() == 'flags' and not flags:
+          flags = value
+        if vendor and flags:
+          break
   except OSError:
-    pass
-  return 'xeon'
+    return 'xeon'
+  if 'AMD' not in vendor:
+    return 'xeon'
+  return 'epyc_avx512' if 'avx512f' in flags.split() else 'epyc'
 
 
 def estimate_seconds(plan, rates=RATES, overhead=STAGE_OVERHEAD_S):
