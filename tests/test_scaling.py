@@ -443,3 +443,19 @@ def test_a_slower_machine_gets_a_plan_fitted_to_its_own_budget(capsys):
   minutes = round(estimate['total'] * slowdown / 60)
   assert (f'estimated wall time on 2 CPU cores: {minutes} min on a 2-core '
           'AMD EPYC') in out
+
+
+def test_a_faster_machine_gets_a_plan_with_fewer_cuts():
+  """--machine=epyc_avx512 (faster than the rates' Xeon): the plan fits
+  BUDGET_S at its factor with no more cuts than the Xeon's, more pretraining
+  epochs, and an estimate over BUDGET_S on the Xeon itself."""
+  factor = plan_lib.MACHINE_SLOWDOWN['epyc_avx512']
+  assert factor < 1
+  xeon = scaling.make_scaling_plan(machine='xeon')
+  fast = scaling.make_scaling_plan(machine='epyc_avx512')
+  assert fast == scaling.fit_to_budget(scaling.full_design(),
+                                       scaling.BUDGET_S / factor)
+  assert len(fast.cuts) <= len(xeon.cuts)
+  assert fast.protocol.pretrain_epochs > xeon.protocol.pretrain_epochs
+  total = fast.estimate_seconds()['total']
+  assert scaling.BUDGET_S < total <= scaling.BUDGET_S / factor
