@@ -8,8 +8,9 @@ bfloat16 run on a CPU times, once per process and shape, one block of each
 part of the backbone (the stem and the 4 block groups) forward and backward
 in both precisions on the run's batch per replica (views included, at most
 PROBE_MAX_BATCH images: small batches favour float32, whose kernels have less
-fixed cost per call), and computes each part in the faster one: float32 layers inside the bfloat16 policy where bfloat16 loses. The heads
-keep the run's policy. Variables are float32 either way, so checkpoints do
+fixed cost per call), and computes each part in the faster one: float32
+layers inside the bfloat16 policy where bfloat16 loses. The heads keep the
+run's policy. Variables are float32 either way, so checkpoints do
 not change.
 """
 
